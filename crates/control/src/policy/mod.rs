@@ -1,0 +1,1 @@
+//! ACL policy (being written).

@@ -1,0 +1,1 @@
+//! derp (being written)

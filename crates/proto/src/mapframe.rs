@@ -1,0 +1,1 @@
+//! mapframe (being written)

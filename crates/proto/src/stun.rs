@@ -1,0 +1,1 @@
+//! stun (being written)
