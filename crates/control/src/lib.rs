@@ -14,3 +14,8 @@
 pub mod model;
 pub mod policy;
 pub mod store;
+pub mod api;
+pub mod config;
+pub mod mapper;
+pub mod server;
+pub mod state;

@@ -1,1 +1,15 @@
-//! nat
+//! NAT traversal and relays.
+//!
+//! - [`derp`]: the DERP relay. `derp::server` and `derp::client` are sans-IO state machines
+//!   (bytes and `now` in, bytes and events out); `derp::listener` (feature `derp-server`) serves
+//!   them over TLS/HTTP with tokio, and `derp::dial` (feature `derp-client`) connects to a relay.
+//! - [`tls`]: relay certificates (PEM files or a persisted self-signed one) and the
+//!   `sha256-raw:` CertName pin.
+//! - [`stun_server`] (feature `derp-server`): the UDP STUN responder that runs beside a relay.
+//!
+//! With `--no-default-features` nothing here depends on tokio: the shells are opt-in.
+
+pub mod derp;
+#[cfg(feature = "derp-server")]
+pub mod stun_server;
+pub mod tls;
