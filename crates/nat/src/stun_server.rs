@@ -51,7 +51,8 @@ pub async fn spawn_stun_server(addr: SocketAddr) -> io::Result<StunServerHandle>
                     }
                 },
             };
-            let Ok(tx) = proto::stun::parse_binding_request(buf.get(..n).unwrap_or_default()) else {
+            let Ok(tx) = proto::stun::parse_binding_request(buf.get(..n).unwrap_or_default())
+            else {
                 continue;
             };
             let seen = SocketAddr::new(unmap(peer.ip()), peer.port());
@@ -62,7 +63,11 @@ pub async fn spawn_stun_server(addr: SocketAddr) -> io::Result<StunServerHandle>
         }
     });
     tracing::info!(%local_addr, "stun: responder listening");
-    Ok(StunServerHandle { local_addr, shutdown, task })
+    Ok(StunServerHandle {
+        local_addr,
+        shutdown,
+        task,
+    })
 }
 
 fn unmap(ip: IpAddr) -> IpAddr {

@@ -47,7 +47,11 @@ mod material {
     pub enum TlsError {
         /// Reading or writing a certificate or key file failed.
         #[error("{action} {path}: {source}")]
-        Io { action: &'static str, path: PathBuf, source: io::Error },
+        Io {
+            action: &'static str,
+            path: PathBuf,
+            source: io::Error,
+        },
         /// A PEM file holds no certificate.
         #[error("no certificate found in {0}")]
         NoCertificate(String),
@@ -70,9 +74,15 @@ mod material {
     #[non_exhaustive]
     pub enum TlsConfig {
         /// Operator-provided PEM files (full chain, leaf first; PKCS#8, PKCS#1 or SEC1 key).
-        PemFiles { cert_path: PathBuf, key_path: PathBuf },
+        PemFiles {
+            cert_path: PathBuf,
+            key_path: PathBuf,
+        },
         /// A self-signed certificate for `hostname` (DNS name or IP), kept in `state_dir`.
-        SelfSigned { hostname: String, state_dir: PathBuf },
+        SelfSigned {
+            hostname: String,
+            state_dir: PathBuf,
+        },
         /// Already-loaded material (tests, or callers with their own storage).
         Material(TlsMaterial),
     }
@@ -81,8 +91,14 @@ mod material {
         /// Loads (or creates) the certificate and key.
         pub fn load(&self) -> Result<TlsMaterial, TlsError> {
             match self {
-                Self::PemFiles { cert_path, key_path } => TlsMaterial::from_pem_files(cert_path, key_path),
-                Self::SelfSigned { hostname, state_dir } => TlsMaterial::load_or_create_self_signed(hostname, state_dir),
+                Self::PemFiles {
+                    cert_path,
+                    key_path,
+                } => TlsMaterial::from_pem_files(cert_path, key_path),
+                Self::SelfSigned {
+                    hostname,
+                    state_dir,
+                } => TlsMaterial::load_or_create_self_signed(hostname, state_dir),
                 Self::Material(m) => Ok(m.clone()),
             }
         }
@@ -96,7 +112,10 @@ mod material {
 
     impl Clone for TlsMaterial {
         fn clone(&self) -> Self {
-            Self { chain: self.chain.clone(), key: self.key.clone_key() }
+            Self {
+                chain: self.chain.clone(),
+                key: self.key.clone_key(),
+            }
         }
     }
 
@@ -115,22 +134,39 @@ mod material {
             Self::from_pem_named(cert_pem, "certificate PEM", key_pem, "key PEM")
         }
 
-        fn from_pem_named(cert_pem: &[u8], cert_what: &str, key_pem: &[u8], key_what: &str) -> Result<Self, TlsError> {
+        fn from_pem_named(
+            cert_pem: &[u8],
+            cert_what: &str,
+            key_pem: &[u8],
+            key_what: &str,
+        ) -> Result<Self, TlsError> {
             let chain = rustls_pemfile::certs(&mut &cert_pem[..])
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| TlsError::Pem { what: cert_what.to_owned(), source })?;
+                .map_err(|source| TlsError::Pem {
+                    what: cert_what.to_owned(),
+                    source,
+                })?;
             if chain.is_empty() {
                 return Err(TlsError::NoCertificate(cert_what.to_owned()));
             }
             let key = rustls_pemfile::private_key(&mut &key_pem[..])
-                .map_err(|source| TlsError::Pem { what: key_what.to_owned(), source })?
+                .map_err(|source| TlsError::Pem {
+                    what: key_what.to_owned(),
+                    source,
+                })?
                 .ok_or_else(|| TlsError::NoPrivateKey(key_what.to_owned()))?;
             Ok(Self { chain, key })
         }
 
         /// Reads operator-provided PEM files.
         pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
-            let read = |p: &Path| fs::read(p).map_err(|source| TlsError::Io { action: "read", path: p.to_owned(), source });
+            let read = |p: &Path| {
+                fs::read(p).map_err(|source| TlsError::Io {
+                    action: "read",
+                    path: p.to_owned(),
+                    source,
+                })
+            };
             Self::from_pem_named(
                 &read(cert_path)?,
                 &cert_path.display().to_string(),
@@ -147,14 +183,19 @@ mod material {
 
         /// Loads the self-signed certificate for `hostname` from `state_dir`, creating and
         /// persisting one if it is missing or unreadable.
-        pub fn load_or_create_self_signed(hostname: &str, state_dir: &Path) -> Result<Self, TlsError> {
+        pub fn load_or_create_self_signed(
+            hostname: &str,
+            state_dir: &Path,
+        ) -> Result<Self, TlsError> {
             let stem = format!("derp-selfsigned-{}", sanitize(hostname));
             let cert_path = state_dir.join(format!("{stem}.crt"));
             let key_path = state_dir.join(format!("{stem}.key"));
             if cert_path.exists() && key_path.exists() {
                 match Self::from_pem_files(&cert_path, &key_path) {
                     Ok(m) => return Ok(m),
-                    Err(err) => tracing::warn!(%err, "derp: stored self-signed certificate unusable; creating a new one"),
+                    Err(err) => {
+                        tracing::warn!(%err, "derp: stored self-signed certificate unusable; creating a new one")
+                    }
                 }
             }
             create_dir_private(state_dir)?;
@@ -195,11 +236,19 @@ mod material {
     }
 
     fn generate_pem(hostname: &str) -> Result<(String, String), TlsError> {
-        let gen_err = |e: rcgen::Error| TlsError::Generate { host: hostname.to_owned(), reason: e.to_string() };
+        let gen_err = |e: rcgen::Error| TlsError::Generate {
+            host: hostname.to_owned(),
+            reason: e.to_string(),
+        };
         // Strip the brackets of an IPv6 literal so it becomes an IP SAN.
-        let name = hostname.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let name = hostname
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let mut params = rcgen::CertificateParams::new(vec![name.clone()]).map_err(gen_err)?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         let key = rcgen::KeyPair::generate().map_err(gen_err)?;
         let cert = params.self_signed(&key).map_err(gen_err)?;
         Ok((cert.pem(), key.serialize_pem()))
@@ -207,7 +256,15 @@ mod material {
 
     /// File-name-safe form of a host name or IP literal.
     fn sanitize(host: &str) -> String {
-        host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect()
+        host.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
     }
 
     fn create_dir_private(dir: &Path) -> Result<(), TlsError> {
@@ -218,14 +275,25 @@ mod material {
         builder.recursive(true);
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(dir).map_err(|source| TlsError::Io { action: "create directory", path: dir.to_owned(), source })
+        builder.create(dir).map_err(|source| TlsError::Io {
+            action: "create directory",
+            path: dir.to_owned(),
+            source,
+        })
     }
 
     /// Writes `data` to a temporary file beside `path` with `mode`, syncs it, then renames it
     /// over `path`, so readers see either the old or the new file, never a partial one.
     fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
-        let io_err = |action, source| TlsError::Io { action, path: path.to_owned(), source };
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let io_err = |action, source| TlsError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        };
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
         let mut opts = fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -261,9 +329,13 @@ mod material {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                assert_eq!(fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+                assert_eq!(
+                    fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+                    0o600
+                );
             }
-            let other = TlsMaterial::load_or_create_self_signed("derp.example.test", &state).unwrap();
+            let other =
+                TlsMaterial::load_or_create_self_signed("derp.example.test", &state).unwrap();
             assert_ne!(other.cert_name_pin(), a.cert_name_pin());
             assert!(a.server_config().is_ok());
             assert!(!format!("{a:?}").contains("PRIVATE"));
@@ -280,16 +352,28 @@ mod material {
 
         #[test]
         fn pem_errors_are_clear() {
-            assert!(matches!(TlsMaterial::from_pem(b"", b""), Err(TlsError::NoCertificate(_))));
+            assert!(matches!(
+                TlsMaterial::from_pem(b"", b""),
+                Err(TlsError::NoCertificate(_))
+            ));
             let (cert, _) = generate_pem("x").unwrap();
-            assert!(matches!(TlsMaterial::from_pem(cert.as_bytes(), b""), Err(TlsError::NoPrivateKey(_))));
+            assert!(matches!(
+                TlsMaterial::from_pem(cert.as_bytes(), b""),
+                Err(TlsError::NoPrivateKey(_))
+            ));
         }
 
         #[test]
         fn pin_format() {
             let pin = super::super::cert_name_pin(b"abc");
-            assert_eq!(pin, "sha256-raw:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-            assert_eq!(super::super::parse_cert_name_pin(&pin).map(hex::encode), Some(pin[11..].to_owned()));
+            assert_eq!(
+                pin,
+                "sha256-raw:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            );
+            assert_eq!(
+                super::super::parse_cert_name_pin(&pin).map(hex::encode),
+                Some(pin[11..].to_owned())
+            );
             assert_eq!(super::super::parse_cert_name_pin("derp.example.com"), None);
         }
     }

@@ -153,13 +153,21 @@ impl PeerGoneReason {
 pub enum DerpError {
     /// A frame header announced more bytes than the reader allows; the stream cannot continue.
     #[error("DERP {frame_type} frame announces {len} bytes, over the {max}-byte limit")]
-    FrameTooLarge { frame_type: FrameType, len: u32, max: u32 },
+    FrameTooLarge {
+        frame_type: FrameType,
+        len: u32,
+        max: u32,
+    },
     /// A data packet is larger than the protocol's 64 KiB packet limit.
     #[error("DERP data packet of {len} bytes exceeds the {max}-byte limit")]
     PacketTooLarge { len: usize, max: usize },
     /// A frame's payload has the wrong size or shape for its type.
     #[error("malformed DERP {frame_type} frame ({len} bytes): {reason}")]
-    BadPayload { frame_type: FrameType, len: usize, reason: &'static str },
+    BadPayload {
+        frame_type: FrameType,
+        len: usize,
+        reason: &'static str,
+    },
     /// The ServerKey frame does not start with the DERP magic: not a DERP server.
     #[error("the server greeting does not start with the DERP magic; is this a DERP server?")]
     BadMagic,
@@ -193,11 +201,22 @@ pub enum Frame {
     /// Whether this server is the client's home (statistics only).
     NotePreferred { preferred: bool },
     /// `peer` is gone (or was never here).
-    PeerGone { peer: NodePublic, reason: PeerGoneReason },
+    PeerGone {
+        peer: NodePublic,
+        reason: PeerGoneReason,
+    },
     /// Mesh watchers: `key` connected, optionally from `addr` with presence `flags`.
-    PeerPresent { key: NodePublic, addr: Option<SocketAddr>, flags: Option<u8> },
+    PeerPresent {
+        key: NodePublic,
+        addr: Option<SocketAddr>,
+        flags: Option<u8>,
+    },
     /// Mesh peer relays a packet with its original source.
-    ForwardPacket { src: NodePublic, dst: NodePublic, packet: Vec<u8> },
+    ForwardPacket {
+        src: NodePublic,
+        dst: NodePublic,
+        packet: Vec<u8>,
+    },
     /// Mesh peer subscribes to presence changes.
     WatchConns,
     /// Mesh peer asks to close every connection of `key`.
@@ -209,9 +228,15 @@ pub enum Frame {
     /// Server health text; empty means healthy again.
     Health { problem: String },
     /// The server is restarting: reconnect after `reconnect_in`, keep trying for `try_for`.
-    Restarting { reconnect_in: Duration, try_for: Duration },
+    Restarting {
+        reconnect_in: Duration,
+        try_for: Duration,
+    },
     /// A frame type this implementation does not know; skip it.
-    Unknown { frame_type: FrameType, payload: Vec<u8> },
+    Unknown {
+        frame_type: FrameType,
+        payload: Vec<u8>,
+    },
 }
 
 fn key_at(b: &[u8], at: usize) -> Option<NodePublic> {
@@ -256,10 +281,17 @@ impl Frame {
     /// anything malformed is a [`DerpError::BadPayload`].
     pub fn parse(frame_type: FrameType, payload: &[u8]) -> Result<Self, DerpError> {
         let len = payload.len();
-        let bad = |reason| DerpError::BadPayload { frame_type, len, reason };
+        let bad = |reason| DerpError::BadPayload {
+            frame_type,
+            len,
+            reason,
+        };
         let packet_limit = |packet: &[u8]| {
             if packet.len() > MAX_PACKET_SIZE {
-                Err(DerpError::PacketTooLarge { len: packet.len(), max: MAX_PACKET_SIZE })
+                Err(DerpError::PacketTooLarge {
+                    len: packet.len(),
+                    max: MAX_PACKET_SIZE,
+                })
             } else {
                 Ok(packet.to_vec())
             }
@@ -283,7 +315,10 @@ impl Frame {
                     return Err(bad("longer than the 256 KiB ClientInfo limit"));
                 }
                 let key = key_at(payload, 0).ok_or_else(|| bad("missing key"))?;
-                Self::ClientInfo { key, sealed: payload.get(KEY_LEN..).unwrap_or_default().to_vec() }
+                Self::ClientInfo {
+                    key,
+                    sealed: payload.get(KEY_LEN..).unwrap_or_default().to_vec(),
+                }
             }
             FrameType::SERVER_INFO => {
                 if len < NONCE_LEN {
@@ -292,7 +327,9 @@ impl Frame {
                 if len > MAX_SERVER_INFO_LEN {
                     return Err(bad("longer than the ServerInfo limit"));
                 }
-                Self::ServerInfo { sealed: payload.to_vec() }
+                Self::ServerInfo {
+                    sealed: payload.to_vec(),
+                }
             }
             FrameType::SEND_PACKET => {
                 let dst = key_at(payload, 0).ok_or_else(|| bad("shorter than a key"))?;
@@ -301,7 +338,10 @@ impl Frame {
             }
             FrameType::RECV_PACKET => {
                 let src = key_at(payload, 0).ok_or_else(|| bad("shorter than a key"))?;
-                Self::RecvPacket { src, packet: payload.get(KEY_LEN..).unwrap_or_default().to_vec() }
+                Self::RecvPacket {
+                    src,
+                    packet: payload.get(KEY_LEN..).unwrap_or_default().to_vec(),
+                }
             }
             FrameType::KEEP_ALIVE => Self::KeepAlive,
             FrameType::NOTE_PREFERRED => match payload {
@@ -311,7 +351,9 @@ impl Frame {
             FrameType::PEER_GONE => {
                 let peer = key_at(payload, 0).ok_or_else(|| bad("shorter than a key"))?;
                 // Older servers omit the reason byte; that means "disconnected".
-                let reason = payload.get(KEY_LEN).map_or(PeerGoneReason::DISCONNECTED, |b| PeerGoneReason(*b));
+                let reason = payload
+                    .get(KEY_LEN)
+                    .map_or(PeerGoneReason::DISCONNECTED, |b| PeerGoneReason(*b));
                 Self::PeerGone { peer, reason }
             }
             FrameType::PEER_PRESENT => {
@@ -342,16 +384,24 @@ impl Frame {
                 if len != KEY_LEN {
                     return Err(bad("must be exactly one key"));
                 }
-                Self::ClosePeer { key: key_at(payload, 0).ok_or_else(|| bad("missing key"))? }
+                Self::ClosePeer {
+                    key: key_at(payload, 0).ok_or_else(|| bad("missing key"))?,
+                }
             }
             FrameType::PING => {
                 if len > MAX_PING_LEN {
                     return Err(bad("longer than 1000 bytes"));
                 }
-                Self::Ping { data: eight_at(payload, 0).ok_or_else(|| bad("shorter than 8 bytes"))? }
+                Self::Ping {
+                    data: eight_at(payload, 0).ok_or_else(|| bad("shorter than 8 bytes"))?,
+                }
             }
-            FrameType::PONG => Self::Pong { data: eight_at(payload, 0).ok_or_else(|| bad("shorter than 8 bytes"))? },
-            FrameType::HEALTH => Self::Health { problem: String::from_utf8_lossy(payload).into_owned() },
+            FrameType::PONG => Self::Pong {
+                data: eight_at(payload, 0).ok_or_else(|| bad("shorter than 8 bytes"))?,
+            },
+            FrameType::HEALTH => Self::Health {
+                problem: String::from_utf8_lossy(payload).into_owned(),
+            },
             FrameType::RESTARTING => {
                 let reconnect = u32_at(payload, 0).ok_or_else(|| bad("shorter than 8 bytes"))?;
                 let try_for = u32_at(payload, 4).ok_or_else(|| bad("shorter than 8 bytes"))?;
@@ -360,7 +410,10 @@ impl Frame {
                     try_for: Duration::from_millis(try_for.into()),
                 }
             }
-            other => Self::Unknown { frame_type: other, payload: payload.to_vec() },
+            other => Self::Unknown {
+                frame_type: other,
+                payload: payload.to_vec(),
+            },
         })
     }
 
@@ -369,7 +422,10 @@ impl Frame {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), DerpError> {
         let check_packet = |p: &[u8]| {
             if p.len() > MAX_PACKET_SIZE {
-                Err(DerpError::PacketTooLarge { len: p.len(), max: MAX_PACKET_SIZE })
+                Err(DerpError::PacketTooLarge {
+                    len: p.len(),
+                    max: MAX_PACKET_SIZE,
+                })
             } else {
                 Ok(())
             }
@@ -441,7 +497,10 @@ impl Frame {
                 write_header(out, ty, problem.len())?;
                 out.extend_from_slice(problem.as_bytes());
             }
-            Self::Restarting { reconnect_in, try_for } => {
+            Self::Restarting {
+                reconnect_in,
+                try_for,
+            } => {
                 write_header(out, ty, 8)?;
                 let ms = |d: &Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
                 out.extend_from_slice(&ms(reconnect_in).to_be_bytes());
@@ -465,11 +524,14 @@ impl Frame {
 
 /// Appends a frame header for a payload of `len` bytes.
 pub fn write_header(out: &mut Vec<u8>, frame_type: FrameType, len: usize) -> Result<(), DerpError> {
-    let len32 = u32::try_from(len).ok().filter(|l| *l <= MAX_FRAME_LEN).ok_or(DerpError::FrameTooLarge {
-        frame_type,
-        len: u32::try_from(len).unwrap_or(u32::MAX),
-        max: MAX_FRAME_LEN,
-    })?;
+    let len32 = u32::try_from(len)
+        .ok()
+        .filter(|l| *l <= MAX_FRAME_LEN)
+        .ok_or(DerpError::FrameTooLarge {
+            frame_type,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            max: MAX_FRAME_LEN,
+        })?;
     out.push(frame_type.0);
     out.extend_from_slice(&len32.to_be_bytes());
     Ok(())
@@ -520,7 +582,12 @@ impl FrameDecoder {
 
     /// A decoder with a custom per-frame payload limit.
     pub fn with_max_frame_len(max_frame_len: u32) -> Self {
-        Self { buf: Vec::new(), start: 0, max_frame_len, fatal: None }
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            max_frame_len,
+            fatal: None,
+        }
     }
 
     /// Changes the per-frame payload limit (a server raises it once the client is authenticated).
@@ -563,7 +630,11 @@ impl FrameDecoder {
         let frame_type = FrameType(ty);
         let len = u32::from_be_bytes([l0, l1, l2, l3]);
         if len > self.max_frame_len {
-            let err = DerpError::FrameTooLarge { frame_type, len, max: self.max_frame_len };
+            let err = DerpError::FrameTooLarge {
+                frame_type,
+                len,
+                max: self.max_frame_len,
+            };
             self.fatal = Some(err.clone());
             return Err(err);
         }
@@ -572,7 +643,10 @@ impl FrameDecoder {
         let Some(payload) = avail.get(FRAME_HEADER_LEN..end) else {
             return Ok(None);
         };
-        let frame = RawFrame { frame_type, payload: payload.to_vec() };
+        let frame = RawFrame {
+            frame_type,
+            payload: payload.to_vec(),
+        };
         self.start += end;
         Ok(Some(frame))
     }
@@ -588,13 +662,23 @@ impl FrameDecoder {
 
 /// Seals `plaintext` with NaCl `crypto_box` from `my_secret` to `peer_public`, returning
 /// `nonce (24) | tag (16) | ciphertext`. The nonce is random from `rng`.
-pub fn naclbox_seal(my_secret: &[u8; 32], peer_public: &[u8; 32], plaintext: &[u8], rng: &mut impl CryptoRngCore) -> Vec<u8> {
-    let sbox = crypto_box::SalsaBox::new(&crypto_box::PublicKey::from(*peer_public), &crypto_box::SecretKey::from(*my_secret));
+pub fn naclbox_seal(
+    my_secret: &[u8; 32],
+    peer_public: &[u8; 32],
+    plaintext: &[u8],
+    rng: &mut impl CryptoRngCore,
+) -> Vec<u8> {
+    let sbox = crypto_box::SalsaBox::new(
+        &crypto_box::PublicKey::from(*peer_public),
+        &crypto_box::SecretKey::from(*my_secret),
+    );
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill_bytes(&mut nonce);
     // Encryption without associated data cannot fail for in-memory buffers; fall back to an
     // empty box (which will never open) rather than panic if the library ever disagrees.
-    let sealed = sbox.encrypt(&crypto_box::Nonce::from(nonce), plaintext).unwrap_or_default();
+    let sealed = sbox
+        .encrypt(&crypto_box::Nonce::from(nonce), plaintext)
+        .unwrap_or_default();
     let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&sealed);
@@ -603,13 +687,20 @@ pub fn naclbox_seal(my_secret: &[u8; 32], peer_public: &[u8; 32], plaintext: &[u
 
 /// Opens a `nonce | tag | ciphertext` box sealed by `peer_public` to `my_secret`. `None` if it
 /// is too short or fails authentication.
-pub fn naclbox_open(my_secret: &[u8; 32], peer_public: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
+pub fn naclbox_open(
+    my_secret: &[u8; 32],
+    peer_public: &[u8; 32],
+    sealed: &[u8],
+) -> Option<Vec<u8>> {
     let nonce: [u8; NONCE_LEN] = sealed.get(..NONCE_LEN)?.try_into().ok()?;
     let body = sealed.get(NONCE_LEN..)?;
     if body.len() < TAG_LEN {
         return None;
     }
-    let sbox = crypto_box::SalsaBox::new(&crypto_box::PublicKey::from(*peer_public), &crypto_box::SecretKey::from(*my_secret));
+    let sbox = crypto_box::SalsaBox::new(
+        &crypto_box::PublicKey::from(*peer_public),
+        &crypto_box::SecretKey::from(*my_secret),
+    );
     sbox.decrypt(&crypto_box::Nonce::from(nonce), body).ok()
 }
 
@@ -663,7 +754,13 @@ fn de_mesh_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MeshKey>, D::Er
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ClientInfo {
     /// Mesh key, presented only by the DERP servers of one region to each other.
-    #[serde(rename = "meshKey", alias = "MeshKey", default, skip_serializing_if = "Option::is_none", deserialize_with = "de_mesh_key")]
+    #[serde(
+        rename = "meshKey",
+        alias = "MeshKey",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_mesh_key"
+    )]
     pub mesh_key: Option<MeshKey>,
     /// Protocol version (2).
     #[serde(rename = "version", alias = "Version", default)]
@@ -672,29 +769,52 @@ pub struct ClientInfo {
     #[serde(rename = "CanAckPings", alias = "canAckPings", default)]
     pub can_ack_pings: bool,
     /// Whether the client is a monitoring prober.
-    #[serde(rename = "IsProber", alias = "isProber", default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        rename = "IsProber",
+        alias = "isProber",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub is_prober: bool,
 }
 
 impl Default for ClientInfo {
     /// What a normal Tailscale client sends: `{"version":2,"CanAckPings":true}`.
     fn default() -> Self {
-        Self { mesh_key: None, version: PROTOCOL_VERSION, can_ack_pings: true, is_prober: false }
+        Self {
+            mesh_key: None,
+            version: PROTOCOL_VERSION,
+            can_ack_pings: true,
+            is_prober: false,
+        }
     }
 }
 
 impl ClientInfo {
     /// Builds the ClientInfo frame: the client's public key and this JSON sealed to the server.
-    pub fn seal(&self, client: &NodePrivate, server: &NodePublic, rng: &mut impl CryptoRngCore) -> Result<Frame, DerpError> {
+    pub fn seal(
+        &self,
+        client: &NodePrivate,
+        server: &NodePublic,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Frame, DerpError> {
         let json = serde_json::to_vec(self).map_err(|e| DerpError::BadJson(e.to_string()))?;
         let sealed = naclbox_seal(client.as_bytes(), server.as_bytes(), &json, rng);
-        Ok(Frame::ClientInfo { key: client.public(), sealed })
+        Ok(Frame::ClientInfo {
+            key: client.public(),
+            sealed,
+        })
     }
 
     /// Opens the sealed part of a ClientInfo frame that claims to come from `client`. Success
     /// proves the sender holds `client`'s private key.
-    pub fn open(server: &NodePrivate, client: &NodePublic, sealed: &[u8]) -> Result<Self, DerpError> {
-        let json = naclbox_open(server.as_bytes(), client.as_bytes(), sealed).ok_or(DerpError::BoxOpen { peer: *client })?;
+    pub fn open(
+        server: &NodePrivate,
+        client: &NodePublic,
+        sealed: &[u8],
+    ) -> Result<Self, DerpError> {
+        let json = naclbox_open(server.as_bytes(), client.as_bytes(), sealed)
+            .ok_or(DerpError::BoxOpen { peer: *client })?;
         serde_json::from_slice(&json).map_err(|e| DerpError::BadJson(e.to_string()))
     }
 }
@@ -706,10 +826,20 @@ pub struct ServerInfo {
     #[serde(rename = "version", alias = "Version", default)]
     pub version: u32,
     /// If non-zero, clients rate-limit their sends to this many bytes per second.
-    #[serde(rename = "TokenBucketBytesPerSecond", alias = "tokenBucketBytesPerSecond", default, skip_serializing_if = "is_zero")]
+    #[serde(
+        rename = "TokenBucketBytesPerSecond",
+        alias = "tokenBucketBytesPerSecond",
+        default,
+        skip_serializing_if = "is_zero"
+    )]
     pub token_bucket_bytes_per_second: i64,
     /// Burst size for the above.
-    #[serde(rename = "TokenBucketBytesBurst", alias = "tokenBucketBytesBurst", default, skip_serializing_if = "is_zero")]
+    #[serde(
+        rename = "TokenBucketBytesBurst",
+        alias = "tokenBucketBytesBurst",
+        default,
+        skip_serializing_if = "is_zero"
+    )]
     pub token_bucket_bytes_burst: i64,
 }
 
@@ -720,18 +850,33 @@ fn is_zero(v: &i64) -> bool {
 impl ServerInfo {
     /// What stock derper sends: `{"version":2}`.
     pub fn current() -> Self {
-        Self { version: PROTOCOL_VERSION, ..Self::default() }
+        Self {
+            version: PROTOCOL_VERSION,
+            ..Self::default()
+        }
     }
 
     /// Builds the ServerInfo frame sealed from the server to `client`.
-    pub fn seal(&self, server: &NodePrivate, client: &NodePublic, rng: &mut impl CryptoRngCore) -> Result<Frame, DerpError> {
+    pub fn seal(
+        &self,
+        server: &NodePrivate,
+        client: &NodePublic,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Frame, DerpError> {
         let json = serde_json::to_vec(self).map_err(|e| DerpError::BadJson(e.to_string()))?;
-        Ok(Frame::ServerInfo { sealed: naclbox_seal(server.as_bytes(), client.as_bytes(), &json, rng) })
+        Ok(Frame::ServerInfo {
+            sealed: naclbox_seal(server.as_bytes(), client.as_bytes(), &json, rng),
+        })
     }
 
     /// Opens a ServerInfo frame's payload that `server` sealed to this client.
-    pub fn open(client: &NodePrivate, server: &NodePublic, sealed: &[u8]) -> Result<Self, DerpError> {
-        let json = naclbox_open(client.as_bytes(), server.as_bytes(), sealed).ok_or(DerpError::BoxOpen { peer: *server })?;
+    pub fn open(
+        client: &NodePrivate,
+        server: &NodePublic,
+        sealed: &[u8],
+    ) -> Result<Self, DerpError> {
+        let json = naclbox_open(client.as_bytes(), server.as_bytes(), sealed)
+            .ok_or(DerpError::BoxOpen { peer: *server })?;
         serde_json::from_slice(&json).map_err(|e| DerpError::BadJson(e.to_string()))
     }
 }
@@ -748,7 +893,10 @@ mod tests {
             self.next_u64() as u32
         }
         fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             self.0 >> 11
         }
         fn fill_bytes(&mut self, dest: &mut [u8]) {
@@ -782,32 +930,72 @@ mod tests {
         // Trailing bytes after the key are allowed (reserved for future use).
         let mut payload = bytes[5..].to_vec();
         payload.extend_from_slice(b"future");
-        assert_eq!(Frame::parse(FrameType::SERVER_KEY, &payload).unwrap(), Frame::ServerKey { key: key(7) });
+        assert_eq!(
+            Frame::parse(FrameType::SERVER_KEY, &payload).unwrap(),
+            Frame::ServerKey { key: key(7) }
+        );
         payload[0] = b'X';
-        assert_eq!(Frame::parse(FrameType::SERVER_KEY, &payload), Err(DerpError::BadMagic));
+        assert_eq!(
+            Frame::parse(FrameType::SERVER_KEY, &payload),
+            Err(DerpError::BadMagic)
+        );
     }
 
     #[test]
     fn every_frame_round_trips() {
         let frames = vec![
             Frame::ServerKey { key: key(1) },
-            Frame::ClientInfo { key: key(2), sealed: vec![9; 60] },
-            Frame::ServerInfo { sealed: vec![8; 40] },
-            Frame::SendPacket { dst: key(3), packet: b"hello".to_vec() },
-            Frame::RecvPacket { src: key(4), packet: vec![] },
+            Frame::ClientInfo {
+                key: key(2),
+                sealed: vec![9; 60],
+            },
+            Frame::ServerInfo {
+                sealed: vec![8; 40],
+            },
+            Frame::SendPacket {
+                dst: key(3),
+                packet: b"hello".to_vec(),
+            },
+            Frame::RecvPacket {
+                src: key(4),
+                packet: vec![],
+            },
             Frame::KeepAlive,
             Frame::NotePreferred { preferred: true },
-            Frame::PeerGone { peer: key(5), reason: PeerGoneReason::NOT_HERE },
-            Frame::PeerPresent { key: key(6), addr: Some("10.1.2.3:41641".parse().unwrap()), flags: Some(1) },
-            Frame::PeerPresent { key: key(6), addr: None, flags: None },
-            Frame::ForwardPacket { src: key(7), dst: key(8), packet: vec![1, 2, 3] },
+            Frame::PeerGone {
+                peer: key(5),
+                reason: PeerGoneReason::NOT_HERE,
+            },
+            Frame::PeerPresent {
+                key: key(6),
+                addr: Some("10.1.2.3:41641".parse().unwrap()),
+                flags: Some(1),
+            },
+            Frame::PeerPresent {
+                key: key(6),
+                addr: None,
+                flags: None,
+            },
+            Frame::ForwardPacket {
+                src: key(7),
+                dst: key(8),
+                packet: vec![1, 2, 3],
+            },
             Frame::WatchConns,
             Frame::ClosePeer { key: key(9) },
             Frame::Ping { data: *b"12345678" },
             Frame::Pong { data: *b"87654321" },
-            Frame::Health { problem: "disk full".into() },
-            Frame::Restarting { reconnect_in: Duration::from_millis(1500), try_for: Duration::from_secs(30) },
-            Frame::Unknown { frame_type: FrameType(0x7f), payload: vec![1, 2] },
+            Frame::Health {
+                problem: "disk full".into(),
+            },
+            Frame::Restarting {
+                reconnect_in: Duration::from_millis(1500),
+                try_for: Duration::from_secs(30),
+            },
+            Frame::Unknown {
+                frame_type: FrameType(0x7f),
+                payload: vec![1, 2],
+            },
         ];
         let mut stream = Vec::new();
         for f in &frames {
@@ -829,26 +1017,44 @@ mod tests {
     #[test]
     fn peer_gone_without_reason_means_disconnected() {
         let f = Frame::parse(FrameType::PEER_GONE, &[3u8; 32]).unwrap();
-        assert_eq!(f, Frame::PeerGone { peer: key(3), reason: PeerGoneReason::DISCONNECTED });
+        assert_eq!(
+            f,
+            Frame::PeerGone {
+                peer: key(3),
+                reason: PeerGoneReason::DISCONNECTED
+            }
+        );
     }
 
     #[test]
     fn size_limits_are_enforced() {
         let big = vec![0u8; MAX_PACKET_SIZE + 1];
         assert!(matches!(
-            Frame::SendPacket { dst: key(1), packet: big.clone() }.to_bytes(),
+            Frame::SendPacket {
+                dst: key(1),
+                packet: big.clone()
+            }
+            .to_bytes(),
             Err(DerpError::PacketTooLarge { .. })
         ));
         let mut payload = vec![1u8; 32];
         payload.extend_from_slice(&big);
-        assert!(matches!(Frame::parse(FrameType::SEND_PACKET, &payload), Err(DerpError::PacketTooLarge { .. })));
+        assert!(matches!(
+            Frame::parse(FrameType::SEND_PACKET, &payload),
+            Err(DerpError::PacketTooLarge { .. })
+        ));
         assert!(Frame::parse(FrameType::SEND_PACKET, &payload[..32 + MAX_PACKET_SIZE]).is_ok());
         let ci = vec![0u8; MAX_CLIENT_INFO_LEN + 1];
-        assert!(matches!(Frame::parse(FrameType::CLIENT_INFO, &ci), Err(DerpError::BadPayload { .. })));
+        assert!(matches!(
+            Frame::parse(FrameType::CLIENT_INFO, &ci),
+            Err(DerpError::BadPayload { .. })
+        ));
 
         let mut dec = FrameDecoder::new();
         dec.push(&[0x04, 0x00, 0x10, 0x00, 0x01]);
-        assert!(matches!(dec.next_raw(), Err(DerpError::FrameTooLarge { len, .. }) if len == (1 << 20) + 1));
+        assert!(
+            matches!(dec.next_raw(), Err(DerpError::FrameTooLarge { len, .. }) if len == (1 << 20) + 1)
+        );
         // Fatal errors are sticky.
         dec.push(&[0x06, 0, 0, 0, 0]);
         assert!(dec.next_raw().is_err());
@@ -872,7 +1078,10 @@ mod tests {
             assert!(Frame::parse(ty, payload).is_err(), "{ty} {payload:?}");
         }
         assert!(Frame::parse(FrameType::PING, &[0; 1001]).is_err());
-        assert_eq!(Frame::parse(FrameType::PING, &[5; 1000]).unwrap(), Frame::Ping { data: [5; 8] });
+        assert_eq!(
+            Frame::parse(FrameType::PING, &[5; 1000]).unwrap(),
+            Frame::Ping { data: [5; 8] }
+        );
     }
 
     #[test]
@@ -888,16 +1097,30 @@ mod tests {
     fn client_info_json_matches_go() {
         let json = serde_json::to_string(&ClientInfo::default()).unwrap();
         assert_eq!(json, r#"{"version":2,"CanAckPings":true}"#);
-        let mesh = ClientInfo { mesh_key: Some(MeshKey::from_bytes([0xab; 32])), is_prober: true, ..ClientInfo::default() };
+        let mesh = ClientInfo {
+            mesh_key: Some(MeshKey::from_bytes([0xab; 32])),
+            is_prober: true,
+            ..ClientInfo::default()
+        };
         let json = serde_json::to_string(&mesh).unwrap();
-        assert_eq!(json, format!(r#"{{"meshKey":"{}","version":2,"CanAckPings":true,"IsProber":true}}"#, "ab".repeat(32)));
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"meshKey":"{}","version":2,"CanAckPings":true,"IsProber":true}}"#,
+                "ab".repeat(32)
+            )
+        );
         assert!(!format!("{mesh:?}").contains("abab"));
         let parsed: ClientInfo = serde_json::from_str(r#"{"version":2}"#).unwrap();
         assert_eq!(parsed.version, 2);
         assert!(!parsed.can_ack_pings);
-        let parsed: ClientInfo = serde_json::from_str(r#"{"meshKey":"","Version":2,"canAckPings":true,"x":1}"#).unwrap();
+        let parsed: ClientInfo =
+            serde_json::from_str(r#"{"meshKey":"","Version":2,"canAckPings":true,"x":1}"#).unwrap();
         assert_eq!(parsed, ClientInfo::default());
-        assert_eq!(serde_json::to_string(&ServerInfo::current()).unwrap(), r#"{"version":2}"#);
+        assert_eq!(
+            serde_json::to_string(&ServerInfo::current()).unwrap(),
+            r#"{"version":2}"#
+        );
     }
 
     #[test]
@@ -905,16 +1128,25 @@ mod tests {
         let mut rng = TestRng(42);
         let server = NodePrivate::generate(&mut rng);
         let client = NodePrivate::generate(&mut rng);
-        let Frame::ClientInfo { key, sealed } = ClientInfo::default().seal(&client, &server.public(), &mut rng).unwrap() else {
+        let Frame::ClientInfo { key, sealed } = ClientInfo::default()
+            .seal(&client, &server.public(), &mut rng)
+            .unwrap()
+        else {
             panic!("not a ClientInfo frame");
         };
         assert_eq!(key, client.public());
         // nonce | tag | ciphertext of {"version":2,"CanAckPings":true}
         assert_eq!(sealed.len(), NONCE_LEN + TAG_LEN + 32);
-        assert_eq!(ClientInfo::open(&server, &key, &sealed).unwrap(), ClientInfo::default());
+        assert_eq!(
+            ClientInfo::open(&server, &key, &sealed).unwrap(),
+            ClientInfo::default()
+        );
 
         let impostor = NodePrivate::generate(&mut rng).public();
-        assert_eq!(ClientInfo::open(&server, &impostor, &sealed), Err(DerpError::BoxOpen { peer: impostor }));
+        assert_eq!(
+            ClientInfo::open(&server, &impostor, &sealed),
+            Err(DerpError::BoxOpen { peer: impostor })
+        );
         let mut tampered = sealed.clone();
         if let Some(last) = tampered.last_mut() {
             *last ^= 1;
@@ -922,10 +1154,16 @@ mod tests {
         assert!(ClientInfo::open(&server, &key, &tampered).is_err());
         assert!(ClientInfo::open(&server, &key, &sealed[..30]).is_err());
 
-        let Frame::ServerInfo { sealed } = ServerInfo::current().seal(&server, &client.public(), &mut rng).unwrap() else {
+        let Frame::ServerInfo { sealed } = ServerInfo::current()
+            .seal(&server, &client.public(), &mut rng)
+            .unwrap()
+        else {
             panic!("not a ServerInfo frame");
         };
-        assert_eq!(ServerInfo::open(&client, &server.public(), &sealed).unwrap(), ServerInfo::current());
+        assert_eq!(
+            ServerInfo::open(&client, &server.public(), &sealed).unwrap(),
+            ServerInfo::current()
+        );
     }
 
     #[test]

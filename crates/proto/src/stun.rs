@@ -72,7 +72,9 @@ pub enum StunError {
 
 /// Whether `b` looks like STUN: at least a header, top two bits zero and the magic cookie.
 pub fn is_stun(b: &[u8]) -> bool {
-    b.len() >= HEADER_LEN && b.first().is_some_and(|b0| b0 & 0xC0 == 0) && b.get(4..8) == Some(&MAGIC_COOKIE[..])
+    b.len() >= HEADER_LEN
+        && b.first().is_some_and(|b0| b0 & 0xC0 == 0)
+        && b.get(4..8) == Some(&MAGIC_COOKIE[..])
 }
 
 /// Whether `b` is a STUN Binding request or response: the test magicsock uses to route a UDP
@@ -130,7 +132,11 @@ pub fn parse_binding_request(b: &[u8]) -> Result<TxId, StunError> {
         return Err(StunError::NoFingerprint);
     }
     // The fingerprint covers everything before the fingerprint attribute itself.
-    let covered = b.len().checked_sub(FINGERPRINT_ATTR_LEN).and_then(|n| b.get(..n)).ok_or(StunError::NoFingerprint)?;
+    let covered = b
+        .len()
+        .checked_sub(FINGERPRINT_ATTR_LEN)
+        .and_then(|n| b.get(..n))
+        .ok_or(StunError::NoFingerprint)?;
     if got_fp != Some(fingerprint(covered)) {
         return Err(StunError::WrongFingerprint);
     }
@@ -172,25 +178,39 @@ pub fn parse_binding_response(b: &[u8]) -> Result<(TxId, SocketAddr), StunError>
     if b.get(..2) != Some(&BINDING_SUCCESS[..]) {
         return Err(StunError::NotSuccessResponse);
     }
-    let attrs_len = b.get(2..4).and_then(|l| l.try_into().ok()).map(u16::from_be_bytes).ok_or(StunError::NotStun)?;
+    let attrs_len = b
+        .get(2..4)
+        .and_then(|l| l.try_into().ok())
+        .map(u16::from_be_bytes)
+        .ok_or(StunError::NotStun)?;
     let body = b.get(HEADER_LEN..).unwrap_or_default();
     // Trailing bytes past the announced length are ignored, as in Go.
-    let body = body.get(..usize::from(attrs_len)).ok_or(StunError::MalformedAttributes)?;
+    let body = body
+        .get(..usize::from(attrs_len))
+        .ok_or(StunError::MalformedAttributes)?;
     let mut xor_addr = None;
     let mut plain_addr = None;
     for attr in Attributes::new(body) {
         let (ty, value) = attr?;
         match ty {
-            ATTR_XOR_MAPPED_ADDRESS | ATTR_XOR_MAPPED_ADDRESS_ALT => xor_addr = Some(decode_address(value, Some(tx))?),
+            ATTR_XOR_MAPPED_ADDRESS | ATTR_XOR_MAPPED_ADDRESS_ALT => {
+                xor_addr = Some(decode_address(value, Some(tx))?)
+            }
             ATTR_MAPPED_ADDRESS => plain_addr = Some(decode_address(value, None)?),
             _ => {}
         }
     }
-    xor_addr.or(plain_addr).map(|a| (tx, a)).ok_or(StunError::NoAddress)
+    xor_addr
+        .or(plain_addr)
+        .map(|a| (tx, a))
+        .ok_or(StunError::NoAddress)
 }
 
 fn tx_id(b: &[u8]) -> Result<TxId, StunError> {
-    b.get(8..20).and_then(|t| t.try_into().ok()).map(TxId).ok_or(StunError::NotStun)
+    b.get(8..20)
+        .and_then(|t| t.try_into().ok())
+        .map(TxId)
+        .ok_or(StunError::NotStun)
 }
 
 /// The XOR mask for addresses: magic cookie then transaction ID.
@@ -204,7 +224,9 @@ fn xor_mask(tx: TxId) -> [u8; 16] {
 
 /// Decodes a (XOR-)MAPPED-ADDRESS value; `tx` is `Some` for the XOR form.
 fn decode_address(v: &[u8], tx: Option<TxId>) -> Result<SocketAddr, StunError> {
-    let (&[_, family, p0, p1], rest) = v.split_first_chunk::<4>().ok_or(StunError::MalformedAttributes)?;
+    let (&[_, family, p0, p1], rest) = v
+        .split_first_chunk::<4>()
+        .ok_or(StunError::MalformedAttributes)?;
     let mut port = u16::from_be_bytes([p0, p1]);
     let mask = tx.map(xor_mask).unwrap_or([0; 16]);
     if tx.is_some() {
@@ -212,11 +234,19 @@ fn decode_address(v: &[u8], tx: Option<TxId>) -> Result<SocketAddr, StunError> {
     }
     let ip = match family {
         0x01 => {
-            let raw: [u8; 4] = rest.get(..4).and_then(|r| r.try_into().ok()).ok_or(StunError::MalformedAttributes)?;
-            IpAddr::V4(Ipv4Addr::from(std::array::from_fn::<u8, 4, _>(|i| raw[i] ^ mask[i])))
+            let raw: [u8; 4] = rest
+                .get(..4)
+                .and_then(|r| r.try_into().ok())
+                .ok_or(StunError::MalformedAttributes)?;
+            IpAddr::V4(Ipv4Addr::from(std::array::from_fn::<u8, 4, _>(|i| {
+                raw[i] ^ mask[i]
+            })))
         }
         0x02 => {
-            let raw: [u8; 16] = rest.get(..16).and_then(|r| r.try_into().ok()).ok_or(StunError::MalformedAttributes)?;
+            let raw: [u8; 16] = rest
+                .get(..16)
+                .and_then(|r| r.try_into().ok())
+                .ok_or(StunError::MalformedAttributes)?;
             let v6 = Ipv6Addr::from(std::array::from_fn::<u8, 16, _>(|i| raw[i] ^ mask[i]));
             v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
         }
@@ -233,7 +263,10 @@ struct Attributes<'a> {
 
 impl<'a> Attributes<'a> {
     fn new(rest: &'a [u8]) -> Self {
-        Self { rest, failed: false }
+        Self {
+            rest,
+            failed: false,
+        }
     }
 }
 
@@ -337,12 +370,17 @@ mod tests {
     /// `zlib.crc32`, the same IEEE CRC as Go's `crc32.ChecksumIEEE`).
     #[test]
     fn request_matches_reference_bytes() {
-        let want = hex_bytes("000100142112a4420102030405060708090a0b0c802200087461696c6e6f646580280004b32c370f");
+        let want = hex_bytes(
+            "000100142112a4420102030405060708090a0b0c802200087461696c6e6f646580280004b32c370f",
+        );
         assert_eq!(binding_request(TX).to_vec(), want);
     }
 
     fn hex_bytes(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -350,13 +388,22 @@ mod tests {
         let good = binding_request(TX);
         let mut bad_fp = good;
         bad_fp[39] ^= 1;
-        assert_eq!(parse_binding_request(&bad_fp), Err(StunError::WrongFingerprint));
+        assert_eq!(
+            parse_binding_request(&bad_fp),
+            Err(StunError::WrongFingerprint)
+        );
         let mut bad_sw = good;
         bad_sw[24] = b'X';
-        assert_eq!(parse_binding_request(&bad_sw), Err(StunError::WrongSoftware));
+        assert_eq!(
+            parse_binding_request(&bad_sw),
+            Err(StunError::WrongSoftware)
+        );
         let mut not_req = good;
         not_req[1] = 0x11;
-        assert_eq!(parse_binding_request(&not_req), Err(StunError::NotBindingRequest));
+        assert_eq!(
+            parse_binding_request(&not_req),
+            Err(StunError::NotBindingRequest)
+        );
         let mut no_cookie = good;
         no_cookie[4] = 0;
         assert_eq!(parse_binding_request(&no_cookie), Err(StunError::NotStun));
@@ -364,7 +411,10 @@ mod tests {
         let mut short = good[..32].to_vec();
         short[3] = 12;
         assert_eq!(parse_binding_request(&short), Err(StunError::NoFingerprint));
-        assert_eq!(parse_binding_request(&good[..38]), Err(StunError::MalformedAttributes));
+        assert_eq!(
+            parse_binding_request(&good[..38]),
+            Err(StunError::MalformedAttributes)
+        );
         assert_eq!(parse_binding_request(&[]), Err(StunError::NotStun));
     }
 
@@ -383,7 +433,10 @@ mod tests {
         let mapped: SocketAddr = "[::ffff:192.0.2.7]:41641".parse().unwrap();
         let resp = binding_response(TX, mapped);
         assert_eq!(resp[25], 0x02, "family 2 on the wire, as derper sends");
-        assert_eq!(parse_binding_response(&resp), Ok((TX, "192.0.2.7:41641".parse().unwrap())));
+        assert_eq!(
+            parse_binding_response(&resp),
+            Ok((TX, "192.0.2.7:41641".parse().unwrap()))
+        );
     }
 
     #[test]
@@ -401,9 +454,15 @@ mod tests {
         b.extend_from_slice(&MAGIC_COOKIE);
         b.extend_from_slice(&TX.0);
         b.extend_from_slice(&[0x00, 0x01, 0x00, 0x08, 0x00, 0x01, 0x12, 0x34, 10, 0, 0, 1]);
-        assert_eq!(parse_binding_response(&b), Ok((TX, "10.0.0.1:4660".parse().unwrap())));
+        assert_eq!(
+            parse_binding_response(&b),
+            Ok((TX, "10.0.0.1:4660".parse().unwrap()))
+        );
         b[1] = 0x11;
-        assert_eq!(parse_binding_response(&b), Err(StunError::NotSuccessResponse));
+        assert_eq!(
+            parse_binding_response(&b),
+            Err(StunError::NotSuccessResponse)
+        );
     }
 
     mod fuzz {

@@ -120,7 +120,8 @@ fn decodes_a_go_register_request() {
     }))
     .unwrap();
     assert_eq!(logout.expiry, Some(logout_expiry()));
-    assert!(logout.is_logout(chrono::Utc::now()));
+    assert!(logout.is_logout("2025-10-06T12:00:00Z".parse().unwrap()));
+    assert!(!req.is_logout("2025-10-06T12:00:00Z".parse().unwrap()));
 }
 
 #[test]

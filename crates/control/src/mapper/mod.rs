@@ -11,6 +11,8 @@
 //! mostly compares pointers.
 
 mod delta;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -14,6 +14,8 @@
 pub mod keys;
 pub mod names;
 mod routes;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

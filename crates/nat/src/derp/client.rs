@@ -22,7 +22,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use proto::derp::{ClientInfo, DerpError, Frame, FrameDecoder, FrameType, MAX_PACKET_SIZE, PeerGoneReason, ServerInfo};
+use proto::derp::{
+    ClientInfo, DerpError, Frame, FrameDecoder, FrameType, MAX_PACKET_SIZE, PeerGoneReason,
+    ServerInfo,
+};
 use proto::keys::{NodePrivate, NodePublic};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -43,7 +46,12 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Default settings for `private_key`.
     pub fn new(private_key: NodePrivate, rng_seed: [u8; 32]) -> Self {
-        Self { private_key, info: ClientInfo::default(), expected_server_key: None, rng_seed }
+        Self {
+            private_key,
+            info: ClientInfo::default(),
+            expected_server_key: None,
+            rng_seed,
+        }
     }
 }
 
@@ -62,13 +70,23 @@ impl fmt::Debug for ClientConfig {
 #[non_exhaustive]
 pub enum ClientEvent {
     /// The handshake completed: the ServerInfo box opened with the server's key.
-    Connected { server_key: NodePublic, info: ServerInfo },
+    Connected {
+        server_key: NodePublic,
+        info: ServerInfo,
+    },
     /// A packet relayed from `src`.
     Packet { src: NodePublic, packet: Vec<u8> },
     /// `peer` left the relay (or was never there, for `NOT_HERE`).
-    PeerGone { peer: NodePublic, reason: PeerGoneReason },
+    PeerGone {
+        peer: NodePublic,
+        reason: PeerGoneReason,
+    },
     /// Mesh watchers only: `key` is connected.
-    PeerPresent { key: NodePublic, addr: Option<SocketAddr>, flags: Option<u8> },
+    PeerPresent {
+        key: NodePublic,
+        addr: Option<SocketAddr>,
+        flags: Option<u8>,
+    },
     /// Server keepalive.
     KeepAlive,
     /// The server pinged us; a Pong has already been queued if `CanAckPings` is set.
@@ -78,7 +96,10 @@ pub enum ClientEvent {
     /// Server health; empty means healthy.
     Health { problem: String },
     /// The server is restarting.
-    Restarting { reconnect_in: Duration, try_for: Duration },
+    Restarting {
+        reconnect_in: Duration,
+        try_for: Duration,
+    },
 }
 
 /// Why the DERP session failed. After any of these, close the connection.
@@ -90,7 +111,10 @@ pub enum ClientError {
     Protocol(#[from] DerpError),
     /// The server presented a different key than the one we expected.
     #[error("DERP server key is {got}, expected {expected}")]
-    ServerKeyMismatch { expected: NodePublic, got: NodePublic },
+    ServerKeyMismatch {
+        expected: NodePublic,
+        got: NodePublic,
+    },
     /// A packet or frame cannot be sent yet (no ServerKey received).
     #[error("DERP handshake has not started yet; wait for the server key")]
     NotReady,
@@ -170,7 +194,11 @@ impl Client {
             match self.state {
                 State::AwaitServerKey => {
                     if raw.frame_type != FrameType::SERVER_KEY {
-                        return Err(DerpError::UnexpectedFrame { want: FrameType::SERVER_KEY, got: raw.frame_type }.into());
+                        return Err(DerpError::UnexpectedFrame {
+                            want: FrameType::SERVER_KEY,
+                            got: raw.frame_type,
+                        }
+                        .into());
                     }
                     let Frame::ServerKey { key } = raw.parse()? else {
                         return Err(DerpError::BadMagic.into());
@@ -185,7 +213,9 @@ impl Client {
                     self.server_key = Some(key);
                     self.state = State::AwaitServerInfo;
                 }
-                State::AwaitServerInfo | State::Connected => self.handle_frame(raw.frame_type, &raw.payload)?,
+                State::AwaitServerInfo | State::Connected => {
+                    self.handle_frame(raw.frame_type, &raw.payload)?
+                }
             }
         }
         Ok(())
@@ -212,7 +242,9 @@ impl Client {
             }
             Frame::RecvPacket { src, packet } => ClientEvent::Packet { src, packet },
             Frame::PeerGone { peer, reason } => ClientEvent::PeerGone { peer, reason },
-            Frame::PeerPresent { key, addr, flags } => ClientEvent::PeerPresent { key, addr, flags },
+            Frame::PeerPresent { key, addr, flags } => {
+                ClientEvent::PeerPresent { key, addr, flags }
+            }
             Frame::KeepAlive => ClientEvent::KeepAlive,
             Frame::Ping { data } => {
                 if self.info.can_ack_pings {
@@ -222,7 +254,13 @@ impl Client {
             }
             Frame::Pong { data } => ClientEvent::Pong { data },
             Frame::Health { problem } => ClientEvent::Health { problem },
-            Frame::Restarting { reconnect_in, try_for } => ClientEvent::Restarting { reconnect_in, try_for },
+            Frame::Restarting {
+                reconnect_in,
+                try_for,
+            } => ClientEvent::Restarting {
+                reconnect_in,
+                try_for,
+            },
             // A late ServerKey (fast start) and unknown or client-to-server types are skipped.
             _ => return Ok(()),
         };
@@ -236,9 +274,16 @@ impl Client {
             return Err(ClientError::NotReady);
         }
         if packet.len() > MAX_PACKET_SIZE {
-            return Err(ClientError::PacketTooLarge { len: packet.len(), max: MAX_PACKET_SIZE });
+            return Err(ClientError::PacketTooLarge {
+                len: packet.len(),
+                max: MAX_PACKET_SIZE,
+            });
         }
-        Frame::SendPacket { dst, packet: packet.to_vec() }.encode(&mut self.out)?;
+        Frame::SendPacket {
+            dst,
+            packet: packet.to_vec(),
+        }
+        .encode(&mut self.out)?;
         Ok(())
     }
 
@@ -285,7 +330,12 @@ mod tests {
     use crate::derp::server::{Server, ServerConfig};
 
     /// Pumps bytes between a client and a server connection until both are idle.
-    fn pump(server: &mut Server, id: crate::derp::server::ConnId, client: &mut Client, now: Instant) {
+    fn pump(
+        server: &mut Server,
+        id: crate::derp::server::ConnId,
+        client: &mut Client,
+        now: Instant,
+    ) {
         loop {
             let mut moved = false;
             while let Some(b) = server.poll_transmit(id) {
@@ -309,7 +359,10 @@ mod tests {
         let mut server = Server::new(ServerConfig::new(NodePrivate::from_bytes([1; 32]), [0; 32]));
         let mut a = Client::new(ClientConfig::new(NodePrivate::from_bytes([2; 32]), [1; 32]));
         let mut b = Client::new(ClientConfig::new(NodePrivate::from_bytes([3; 32]), [2; 32]));
-        assert_eq!(a.send_packet(b.public_key(), b"early"), Err(ClientError::NotReady));
+        assert_eq!(
+            a.send_packet(b.public_key(), b"early"),
+            Err(ClientError::NotReady)
+        );
         let ia = server.accept(now, None);
         let ib = server.accept(now, None);
         pump(&mut server, ia, &mut a, now);
@@ -317,16 +370,28 @@ mod tests {
         assert!(a.is_connected() && b.is_connected());
         assert_eq!(
             a.poll_event(),
-            Some(ClientEvent::Connected { server_key: server.public_key(), info: ServerInfo::current() })
+            Some(ClientEvent::Connected {
+                server_key: server.public_key(),
+                info: ServerInfo::current()
+            })
         );
         let _ = b.poll_event();
         a.send_packet(b.public_key(), b"ping?").unwrap();
         pump(&mut server, ia, &mut a, now);
         pump(&mut server, ib, &mut b, now);
-        assert_eq!(b.poll_event(), Some(ClientEvent::Packet { src: a.public_key(), packet: b"ping?".to_vec() }));
+        assert_eq!(
+            b.poll_event(),
+            Some(ClientEvent::Packet {
+                src: a.public_key(),
+                packet: b"ping?".to_vec()
+            })
+        );
         a.send_ping(*b"01234567").unwrap();
         pump(&mut server, ia, &mut a, now);
-        assert_eq!(a.poll_event(), Some(ClientEvent::Pong { data: *b"01234567" }));
+        assert_eq!(
+            a.poll_event(),
+            Some(ClientEvent::Pong { data: *b"01234567" })
+        );
     }
 
     #[test]
@@ -334,17 +399,35 @@ mod tests {
         let mut cfg = ClientConfig::new(NodePrivate::from_bytes([2; 32]), [1; 32]);
         cfg.expected_server_key = Some(NodePublic::from_bytes([9; 32]));
         let mut c = Client::new(cfg);
-        let greeting = Frame::ServerKey { key: NodePublic::from_bytes([8; 32]) }.to_bytes().unwrap();
-        assert!(matches!(c.handle_input(&greeting), Err(ClientError::ServerKeyMismatch { .. })));
+        let greeting = Frame::ServerKey {
+            key: NodePublic::from_bytes([8; 32]),
+        }
+        .to_bytes()
+        .unwrap();
+        assert!(matches!(
+            c.handle_input(&greeting),
+            Err(ClientError::ServerKeyMismatch { .. })
+        ));
     }
 
     #[test]
     fn server_ping_is_answered() {
         let mut c = Client::new(ClientConfig::new(NodePrivate::from_bytes([2; 32]), [1; 32]));
-        c.handle_input(&Frame::ServerKey { key: NodePublic::from_bytes([8; 32]) }.to_bytes().unwrap()).unwrap();
+        c.handle_input(
+            &Frame::ServerKey {
+                key: NodePublic::from_bytes([8; 32]),
+            }
+            .to_bytes()
+            .unwrap(),
+        )
+        .unwrap();
         let _client_info = c.poll_transmit().unwrap();
-        c.handle_input(&Frame::Ping { data: [4; 8] }.to_bytes().unwrap()).unwrap();
-        assert_eq!(c.poll_transmit().unwrap(), Frame::Pong { data: [4; 8] }.to_bytes().unwrap());
+        c.handle_input(&Frame::Ping { data: [4; 8] }.to_bytes().unwrap())
+            .unwrap();
+        assert_eq!(
+            c.poll_transmit().unwrap(),
+            Frame::Pong { data: [4; 8] }.to_bytes().unwrap()
+        );
         assert_eq!(c.poll_event(), Some(ClientEvent::Ping { data: [4; 8] }));
         // Malformed frames after the handshake are dropped, not fatal.
         c.handle_input(&[0x08, 0, 0, 0, 1, 0]).unwrap();

@@ -38,7 +38,10 @@ pub enum TlsVerify {
     /// Accept exactly the leaf certificate with this SHA-256 (`CertName: "sha256-raw:<hex>"`).
     Pinned([u8; 32]),
     /// WebPKI verification against `roots`, for `cert_name` if set, else for the URL's host.
-    Roots { roots: Arc<RootCertStore>, cert_name: Option<String> },
+    Roots {
+        roots: Arc<RootCertStore>,
+        cert_name: Option<String>,
+    },
     /// No verification at all (`DERPNode.InsecureForTests`).
     InsecureForTests,
 }
@@ -59,14 +62,22 @@ impl TlsVerify {
     /// The verification a Tailscale client applies for a DERP node's `CertName` field.
     pub fn from_cert_name(cert_name: Option<&str>, roots: Arc<RootCertStore>) -> Self {
         match cert_name {
-            Some(name) if name.starts_with("sha256-raw:") => match crate::tls::parse_cert_name_pin(name) {
-                Some(pin) => Self::Pinned(pin),
-                // A malformed pin must not silently fall back to something weaker: pin to an
-                // impossible digest so every certificate is refused.
-                None => Self::Pinned([0; 32]),
+            Some(name) if name.starts_with("sha256-raw:") => {
+                match crate::tls::parse_cert_name_pin(name) {
+                    Some(pin) => Self::Pinned(pin),
+                    // A malformed pin must not silently fall back to something weaker: pin to an
+                    // impossible digest so every certificate is refused.
+                    None => Self::Pinned([0; 32]),
+                }
+            }
+            Some(name) if !name.is_empty() => Self::Roots {
+                roots,
+                cert_name: Some(name.to_owned()),
             },
-            Some(name) if !name.is_empty() => Self::Roots { roots, cert_name: Some(name.to_owned()) },
-            _ => Self::Roots { roots, cert_name: None },
+            _ => Self::Roots {
+                roots,
+                cert_name: None,
+            },
         }
     }
 }
@@ -87,7 +98,12 @@ pub struct DialOptions {
 impl DialOptions {
     /// Options for `url` with the given verification and a 10 s budget.
     pub fn new(url: impl Into<String>, verify: TlsVerify) -> Self {
-        Self { url: url.into(), connect_to: None, verify, timeout: Duration::from_secs(10) }
+        Self {
+            url: url.into(),
+            connect_to: None,
+            verify,
+            timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -128,7 +144,9 @@ pub struct DerpConnection {
 
 impl fmt::Debug for DerpConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DerpConnection").field("client", &self.client).finish_non_exhaustive()
+        f.debug_struct("DerpConnection")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,11 +186,19 @@ fn parse_url(url: &str) -> Option<ParsedUrl> {
     if host.is_empty() {
         return None;
     }
-    Some(ParsedUrl { tls, host, port, path: path.to_owned() })
+    Some(ParsedUrl {
+        tls,
+        host,
+        port,
+        path: path.to_owned(),
+    })
 }
 
 /// Dials `opts.url`, upgrades to DERP and completes the handshake as `config.private_key`.
-pub async fn connect(opts: &DialOptions, config: ClientConfig) -> Result<DerpConnection, DialError> {
+pub async fn connect(
+    opts: &DialOptions,
+    config: ClientConfig,
+) -> Result<DerpConnection, DialError> {
     let url = opts.url.clone();
     match tokio::time::timeout(opts.timeout, connect_inner(opts, config)).await {
         Ok(r) => r,
@@ -180,9 +206,15 @@ pub async fn connect(opts: &DialOptions, config: ClientConfig) -> Result<DerpCon
     }
 }
 
-async fn connect_inner(opts: &DialOptions, config: ClientConfig) -> Result<DerpConnection, DialError> {
+async fn connect_inner(
+    opts: &DialOptions,
+    config: ClientConfig,
+) -> Result<DerpConnection, DialError> {
     let parsed = parse_url(&opts.url).ok_or_else(|| DialError::BadUrl(opts.url.clone()))?;
-    let io_err = |source| DialError::Io { url: opts.url.clone(), source };
+    let io_err = |source| DialError::Io {
+        url: opts.url.clone(),
+        source,
+    };
     let tcp = match opts.connect_to {
         Some(addr) => TcpStream::connect(addr).await,
         None => TcpStream::connect((parsed.host.as_str(), parsed.port)).await,
@@ -190,7 +222,8 @@ async fn connect_inner(opts: &DialOptions, config: ClientConfig) -> Result<DerpC
     .map_err(io_err)?;
     tcp.set_nodelay(true).map_err(io_err)?;
     let mut stream: Box<dyn DerpStream> = if parsed.tls {
-        let connector = tokio_rustls::TlsConnector::from(client_tls_config(&opts.verify).map_err(io_err)?);
+        let connector =
+            tokio_rustls::TlsConnector::from(client_tls_config(&opts.verify).map_err(io_err)?);
         let name = ServerName::try_from(parsed.host.clone())
             .map_err(|_| DialError::BadUrl(opts.url.clone()))?;
         Box::new(connector.connect(name, tcp).await.map_err(io_err)?)
@@ -215,8 +248,12 @@ async fn connect_inner(opts: &DialOptions, config: ClientConfig) -> Result<DerpC
         _ => 0,
     };
     if status != 101 {
-        let line = String::from_utf8_lossy(head.split(|b| *b == b'\r').next().unwrap_or_default()).into_owned();
-        return Err(DialError::Upgrade { url: opts.url.clone(), status: line });
+        let line = String::from_utf8_lossy(head.split(|b| *b == b'\r').next().unwrap_or_default())
+            .into_owned();
+        return Err(DialError::Upgrade {
+            url: opts.url.clone(),
+            status: line,
+        });
     }
     let mut conn = DerpConnection {
         stream,
@@ -277,9 +314,18 @@ impl DerpConnection {
     /// Writes everything the client has queued.
     pub async fn flush(&mut self) -> Result<(), DialError> {
         while let Some(bytes) = self.client.poll_transmit() {
-            self.stream.write_all(&bytes).await.map_err(|source| DialError::Io { url: String::new(), source })?;
+            self.stream
+                .write_all(&bytes)
+                .await
+                .map_err(|source| DialError::Io {
+                    url: String::new(),
+                    source,
+                })?;
         }
-        self.stream.flush().await.map_err(|source| DialError::Io { url: String::new(), source })
+        self.stream.flush().await.map_err(|source| DialError::Io {
+            url: String::new(),
+            source,
+        })
     }
 
     async fn next_event(&mut self) -> Result<ClientEvent, DialError> {
@@ -293,7 +339,10 @@ impl DerpConnection {
                 .stream
                 .read(&mut buf)
                 .await
-                .map_err(|source| DialError::Io { url: String::new(), source })?;
+                .map_err(|source| DialError::Io {
+                    url: String::new(),
+                    source,
+                })?;
             if n == 0 {
                 return Err(DialError::Closed);
             }
@@ -314,11 +363,20 @@ pub fn client_tls_config(verify: &TlsVerify) -> io::Result<Arc<rustls::ClientCon
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?;
     let cfg = match verify {
-        TlsVerify::Roots { roots, cert_name: None } => builder.with_root_certificates(roots.clone()),
-        TlsVerify::Roots { roots, cert_name: Some(name) } => {
-            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(io::Error::other)?;
+        TlsVerify::Roots {
+            roots,
+            cert_name: None,
+        } => builder.with_root_certificates(roots.clone()),
+        TlsVerify::Roots {
+            roots,
+            cert_name: Some(name),
+        } => {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            )
+            .build()
+            .map_err(io::Error::other)?;
             let name = ServerName::try_from(name.clone()).map_err(io::Error::other)?;
             builder
                 .dangerous()
@@ -326,10 +384,20 @@ pub fn client_tls_config(verify: &TlsVerify) -> io::Result<Arc<rustls::ClientCon
         }
         TlsVerify::Pinned(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedVerifier { pin: *pin, provider, check_pin: true })),
-        TlsVerify::InsecureForTests => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedVerifier { pin: [0; 32], provider, check_pin: false })),
+            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                pin: *pin,
+                provider,
+                check_pin: true,
+            })),
+        TlsVerify::InsecureForTests => {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    pin: [0; 32],
+                    provider,
+                    check_pin: false,
+                }))
+        }
     };
     let mut cfg = cfg.with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -374,7 +442,12 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -383,11 +456,18 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -407,7 +487,8 @@ impl ServerCertVerifier for CertNameVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -455,12 +536,25 @@ mod tests {
     fn cert_name_selects_verification() {
         let roots = Arc::new(RootCertStore::empty());
         let pin = format!("sha256-raw:{}", "ab".repeat(32));
-        assert!(matches!(TlsVerify::from_cert_name(Some(&pin), roots.clone()), TlsVerify::Pinned(p) if p == [0xab; 32]));
-        assert!(matches!(TlsVerify::from_cert_name(Some("sha256-raw:zz"), roots.clone()), TlsVerify::Pinned(p) if p == [0; 32]));
+        assert!(
+            matches!(TlsVerify::from_cert_name(Some(&pin), roots.clone()), TlsVerify::Pinned(p) if p == [0xab; 32])
+        );
+        assert!(
+            matches!(TlsVerify::from_cert_name(Some("sha256-raw:zz"), roots.clone()), TlsVerify::Pinned(p) if p == [0; 32])
+        );
         assert!(matches!(
             TlsVerify::from_cert_name(Some("derp.example.com"), roots.clone()),
-            TlsVerify::Roots { cert_name: Some(_), .. }
+            TlsVerify::Roots {
+                cert_name: Some(_),
+                ..
+            }
         ));
-        assert!(matches!(TlsVerify::from_cert_name(None, roots), TlsVerify::Roots { cert_name: None, .. }));
+        assert!(matches!(
+            TlsVerify::from_cert_name(None, roots),
+            TlsVerify::Roots {
+                cert_name: None,
+                ..
+            }
+        ));
     }
 }

@@ -15,7 +15,9 @@ pub(crate) const MAX_HEAD: usize = 16 << 10;
 
 /// Reads until the blank line that ends an HTTP head. Returns the head (including the blank
 /// line) and any bytes already read past it.
-pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Vec<u8>, Vec<u8>)> {
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -24,11 +26,17 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Resul
             return Ok((buf, rest));
         }
         if buf.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "HTTP head larger than 16 KiB"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "HTTP head larger than 16 KiB",
+            ));
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before the HTTP head ended"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the HTTP head ended",
+            ));
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }

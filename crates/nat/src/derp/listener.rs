@@ -64,7 +64,12 @@ pub struct DerpServerConfig {
 impl DerpServerConfig {
     /// A TLS relay on `listen` with `tls` and `private_key`.
     pub fn new(listen: SocketAddr, tls: Option<TlsConfig>, private_key: NodePrivate) -> Self {
-        Self { listen, tls, plain_http_listen: None, private_key }
+        Self {
+            listen,
+            tls,
+            plain_http_listen: None,
+            private_key,
+        }
     }
 }
 
@@ -141,7 +146,9 @@ struct Inner {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the core consistent enough to keep relaying.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -175,20 +182,44 @@ pub async fn spawn_derp_server(cfg: DerpServerConfig) -> Result<DerpServerHandle
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let core = Server::new(ServerConfig::new(cfg.private_key.clone(), seed));
     let public_key = core.public_key();
-    let shared = Arc::new(Shared { inner: Mutex::new(Inner { core, notifies: HashMap::new() }) });
+    let shared = Arc::new(Shared {
+        inner: Mutex::new(Inner {
+            core,
+            notifies: HashMap::new(),
+        }),
+    });
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| DerpServerError::Bind { addr, source })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| DerpServerError::Bind { addr, source })
     };
     let main = bind(cfg.listen).await?;
-    let local_addr = main.local_addr().map_err(|source| DerpServerError::Bind { addr: cfg.listen, source })?;
-    let mut tasks = vec![tokio::spawn(accept_loop(main, acceptor, shared.clone(), shutdown_rx.clone()))];
+    let local_addr = main.local_addr().map_err(|source| DerpServerError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let mut tasks = vec![tokio::spawn(accept_loop(
+        main,
+        acceptor,
+        shared.clone(),
+        shutdown_rx.clone(),
+    ))];
     let mut plain_http_addr = None;
     if let Some(addr) = cfg.plain_http_listen {
         let plain = bind(addr).await?;
-        plain_http_addr = Some(plain.local_addr().map_err(|source| DerpServerError::Bind { addr, source })?);
-        tasks.push(tokio::spawn(accept_loop(plain, None, shared.clone(), shutdown_rx)));
+        plain_http_addr = Some(
+            plain
+                .local_addr()
+                .map_err(|source| DerpServerError::Bind { addr, source })?,
+        );
+        tasks.push(tokio::spawn(accept_loop(
+            plain,
+            None,
+            shared.clone(),
+            shutdown_rx,
+        )));
     }
     tracing::info!(%local_addr, ?plain_http_addr, key = %public_key, tls = material.is_some(), "derp: relay listening");
     Ok(DerpServerHandle {
@@ -244,7 +275,10 @@ async fn serve_tcp(
         Some(acceptor) => match tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => serve_http(tls, remote, shared, shutdown).await,
             Ok(Err(err)) => Err(err),
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
         },
         None => serve_http(tcp, remote, shared, shutdown).await,
     };
@@ -281,18 +315,26 @@ fn route(head: &[u8]) -> Option<Route> {
             .map(str::trim)
     };
     Some(match path {
-        "/derp/probe" | "/derp/latency-check" => Route::Probe { ok: method == "GET" || method == "HEAD" },
+        "/derp/probe" | "/derp/latency-check" => Route::Probe {
+            ok: method == "GET" || method == "HEAD",
+        },
         "/derp" => {
             let upgrade = header("Upgrade").unwrap_or_default().to_ascii_lowercase();
             if upgrade == "derp" || upgrade == "websocket" {
-                Route::Derp { fast_start: header("Derp-Fast-Start") == Some("1") }
+                Route::Derp {
+                    fast_start: header("Derp-Fast-Start") == Some("1"),
+                }
             } else {
                 Route::NeedsUpgrade
             }
         }
         "/generate_204" => Route::NoContent {
             challenge: header("X-Tailscale-Challenge")
-                .filter(|c| !c.is_empty() && c.len() <= MAX_CHALLENGE_LEN && c.chars().all(is_challenge_char))
+                .filter(|c| {
+                    !c.is_empty()
+                        && c.len() <= MAX_CHALLENGE_LEN
+                        && c.chars().all(is_challenge_char)
+                })
                 .map(str::to_owned),
         },
         _ => Route::NotFound,
@@ -310,7 +352,12 @@ fn simple_response(status: &str, extra_headers: &str, body: &str) -> String {
     )
 }
 
-async fn serve_http<S>(mut stream: S, remote: SocketAddr, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> io::Result<()>
+async fn serve_http<S>(
+    mut stream: S,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -329,11 +376,21 @@ where
             }
             return run_derp(stream, remote, rest, shared, shutdown).await;
         }
-        Some(Route::NeedsUpgrade) => simple_response("426 Upgrade Required", "", "DERP requires connection upgrade\n"),
-        Some(Route::Probe { ok: true }) => simple_response("200 OK", "Access-Control-Allow-Origin: *\r\n", ""),
-        Some(Route::Probe { ok: false }) => simple_response("405 Method Not Allowed", "", "bogus probe method\n"),
+        Some(Route::NeedsUpgrade) => simple_response(
+            "426 Upgrade Required",
+            "",
+            "DERP requires connection upgrade\n",
+        ),
+        Some(Route::Probe { ok: true }) => {
+            simple_response("200 OK", "Access-Control-Allow-Origin: *\r\n", "")
+        }
+        Some(Route::Probe { ok: false }) => {
+            simple_response("405 Method Not Allowed", "", "bogus probe method\n")
+        }
         Some(Route::NoContent { challenge }) => {
-            let echo = challenge.map(|c| format!("X-Tailscale-Response: response {c}\r\n")).unwrap_or_default();
+            let echo = challenge
+                .map(|c| format!("X-Tailscale-Response: response {c}\r\n"))
+                .unwrap_or_default();
             format!(
                 "HTTP/1.1 204 No Content\r\nCache-Control: no-cache, no-store, must-revalidate, no-transform, max-age=0\r\n{echo}Connection: close\r\n\r\n"
             )
@@ -383,14 +440,22 @@ where
 }
 
 /// Socket → core. Returns `Ok` on a clean EOF, an error for I/O or protocol failures.
-async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: ConnId, early: Vec<u8>, shared: Arc<Shared>) -> io::Result<()> {
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
+    id: ConnId,
+    early: Vec<u8>,
+    shared: Arc<Shared>,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 64 << 10];
     let mut pending = early;
     loop {
         if !pending.is_empty() {
             let wakes = {
                 let mut inner = shared.lock();
-                inner.core.handle_input(id, &pending, Instant::now()).map_err(io::Error::other)?;
+                inner
+                    .core
+                    .handle_input(id, &pending, Instant::now())
+                    .map_err(io::Error::other)?;
                 inner.take_wakes()
             };
             wake_all(wakes);
@@ -406,17 +471,30 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, id: ConnId, early: Vec<u8>, 
 
 /// Core → socket, woken by `notify` or by the connection's next deadline. Only returns on error
 /// (including the handshake timeout).
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, id: ConnId, notify: Arc<Notify>, shared: Arc<Shared>) -> io::Result<()> {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    id: ConnId,
+    notify: Arc<Notify>,
+    shared: Arc<Shared>,
+) -> io::Result<()> {
     loop {
         let (bytes, deadline, wakes) = {
             let mut inner = shared.lock();
-            inner.core.handle_timeout(id, Instant::now()).map_err(io::Error::other)?;
+            inner
+                .core
+                .handle_timeout(id, Instant::now())
+                .map_err(io::Error::other)?;
             let bytes = inner.core.poll_transmit(id);
             let deadline = inner.core.poll_timeout(id);
             (bytes, deadline, inner.take_wakes())
         };
         // Wake the other writers; this one loops anyway.
-        wake_all(wakes.into_iter().filter(|n| !Arc::ptr_eq(n, &notify)).collect());
+        wake_all(
+            wakes
+                .into_iter()
+                .filter(|n| !Arc::ptr_eq(n, &notify))
+                .collect(),
+        );
         if let Some(bytes) = bytes {
             let write = async {
                 wr.write_all(&bytes).await?;
@@ -424,7 +502,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, id: ConnId, notify: Arc<No
             };
             tokio::time::timeout(WRITE_TIMEOUT, write)
                 .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write to DERP client timed out"))??;
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "write to DERP client timed out")
+                })??;
             continue;
         }
         let sleep = async {
@@ -448,16 +528,39 @@ mod tests {
     #[test]
     fn routes() {
         let r = |s: &str| route(s.as_bytes());
-        assert_eq!(r("GET /derp HTTP/1.1\r\nUpgrade: DERP\r\n\r\n"), Some(Route::Derp { fast_start: false }));
-        assert_eq!(r("GET /derp HTTP/1.1\r\nupgrade: derp\r\nDerp-Fast-Start: 1\r\n\r\n"), Some(Route::Derp { fast_start: true }));
-        assert_eq!(r("GET /derp HTTP/1.1\r\nUpgrade: WebSocket\r\n\r\n"), Some(Route::Derp { fast_start: false }));
-        assert_eq!(r("GET /derp HTTP/1.1\r\nHost: x\r\n\r\n"), Some(Route::NeedsUpgrade));
-        assert_eq!(r("GET /derp HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"), Some(Route::NeedsUpgrade));
-        assert_eq!(r("HEAD /derp/probe HTTP/1.1\r\n\r\n"), Some(Route::Probe { ok: true }));
-        assert_eq!(r("POST /derp/latency-check HTTP/1.1\r\n\r\n"), Some(Route::Probe { ok: false }));
+        assert_eq!(
+            r("GET /derp HTTP/1.1\r\nUpgrade: DERP\r\n\r\n"),
+            Some(Route::Derp { fast_start: false })
+        );
+        assert_eq!(
+            r("GET /derp HTTP/1.1\r\nupgrade: derp\r\nDerp-Fast-Start: 1\r\n\r\n"),
+            Some(Route::Derp { fast_start: true })
+        );
+        assert_eq!(
+            r("GET /derp HTTP/1.1\r\nUpgrade: WebSocket\r\n\r\n"),
+            Some(Route::Derp { fast_start: false })
+        );
+        assert_eq!(
+            r("GET /derp HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(Route::NeedsUpgrade)
+        );
+        assert_eq!(
+            r("GET /derp HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"),
+            Some(Route::NeedsUpgrade)
+        );
+        assert_eq!(
+            r("HEAD /derp/probe HTTP/1.1\r\n\r\n"),
+            Some(Route::Probe { ok: true })
+        );
+        assert_eq!(
+            r("POST /derp/latency-check HTTP/1.1\r\n\r\n"),
+            Some(Route::Probe { ok: false })
+        );
         assert_eq!(
             r("GET /generate_204 HTTP/1.1\r\nX-Tailscale-Challenge: ts_127.0.0.1\r\n\r\n"),
-            Some(Route::NoContent { challenge: Some("ts_127.0.0.1".into()) })
+            Some(Route::NoContent {
+                challenge: Some("ts_127.0.0.1".into())
+            })
         );
         assert_eq!(
             r("GET /generate_204 HTTP/1.1\r\nX-Tailscale-Challenge: bad challenge!\r\n\r\n"),

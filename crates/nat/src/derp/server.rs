@@ -30,8 +30,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proto::derp::{
-    ClientInfo, DerpError, Frame, FrameDecoder, FrameType, KEEP_ALIVE, MAX_CLIENT_INFO_LEN, MAX_FRAME_LEN, PeerGoneReason,
-    RawFrame, ServerInfo, packet_looks_like_disco,
+    ClientInfo, DerpError, Frame, FrameDecoder, FrameType, KEEP_ALIVE, MAX_CLIENT_INFO_LEN,
+    MAX_FRAME_LEN, PeerGoneReason, RawFrame, ServerInfo, packet_looks_like_disco,
 };
 use proto::keys::{NodePrivate, NodePublic};
 use rand::rngs::StdRng;
@@ -100,7 +100,12 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Default settings for `private_key` and `rng_seed`.
     pub fn new(private_key: NodePrivate, rng_seed: [u8; 32]) -> Self {
-        Self { private_key, rng_seed, queue_depth: DEFAULT_QUEUE_DEPTH, handshake_timeout: HANDSHAKE_TIMEOUT }
+        Self {
+            private_key,
+            rng_seed,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }
     }
 }
 
@@ -126,7 +131,10 @@ impl Authenticated {
     /// Opens the ClientInfo box; success is the only way to get an `Authenticated`.
     fn verify(server: &NodePrivate, claimed: NodePublic, sealed: &[u8]) -> Result<Self, DerpError> {
         let info = ClientInfo::open(server, &claimed, sealed)?;
-        Ok(Self { key: AuthenticatedKey(claimed), info })
+        Ok(Self {
+            key: AuthenticatedKey(claimed),
+            info,
+        })
     }
 
     /// The proven node key.
@@ -187,7 +195,10 @@ struct TokenBucket {
 
 impl TokenBucket {
     fn new(now: Instant) -> Self {
-        Self { tokens: NOT_HERE_BURST, last: now }
+        Self {
+            tokens: NOT_HERE_BURST,
+            last: now,
+        }
     }
 
     fn allow(&mut self, now: Instant) -> bool {
@@ -300,8 +311,16 @@ impl Server {
 
     /// Current counters.
     pub fn stats(&self) -> ServerStats {
-        let clients = self.conns.values().filter(|c| matches!(c.phase, Phase::Active(_))).count();
-        ServerStats { clients, handshaking: self.conns.len() - clients, ..self.stats }
+        let clients = self
+            .conns
+            .values()
+            .filter(|c| matches!(c.phase, Phase::Active(_)))
+            .count();
+        ServerStats {
+            clients,
+            handshaking: self.conns.len() - clients,
+            ..self.stats
+        }
     }
 
     /// Whether `key` has at least one authenticated connection.
@@ -330,7 +349,9 @@ impl Server {
         decoder.set_max_frame_len(MAX_CLIENT_INFO_LEN as u32);
         let mut conn = Conn {
             remote,
-            phase: Phase::AwaitingClientInfo { deadline: now + self.handshake_timeout },
+            phase: Phase::AwaitingClientInfo {
+                deadline: now + self.handshake_timeout,
+            },
             decoder,
             control: VecDeque::new(),
             pending_pong: None,
@@ -343,7 +364,9 @@ impl Server {
             preferred: false,
             last_activity: 0,
         };
-        conn.push_control(Frame::ServerKey { key: self.public_key });
+        conn.push_control(Frame::ServerKey {
+            key: self.public_key,
+        });
         self.conns.insert(id, conn);
         self.wakes.insert(id);
         tracing::debug!(%id, ?remote, "derp: connection accepted");
@@ -352,10 +375,22 @@ impl Server {
 
     /// Processes bytes read from connection `id`. On error the connection must be closed (and
     /// then [`remove`](Self::remove)d); the server has not sent anything in reply.
-    pub fn handle_input(&mut self, id: ConnId, bytes: &[u8], now: Instant) -> Result<(), ServerError> {
-        self.conns.get_mut(&id).ok_or(ServerError::UnknownConn(id))?.decoder.push(bytes);
+    pub fn handle_input(
+        &mut self,
+        id: ConnId,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<(), ServerError> {
+        self.conns
+            .get_mut(&id)
+            .ok_or(ServerError::UnknownConn(id))?
+            .decoder
+            .push(bytes);
         loop {
-            let conn = self.conns.get_mut(&id).ok_or(ServerError::UnknownConn(id))?;
+            let conn = self
+                .conns
+                .get_mut(&id)
+                .ok_or(ServerError::UnknownConn(id))?;
             let Some(raw) = conn.decoder.next_raw()? else {
                 return Ok(());
             };
@@ -364,7 +399,10 @@ impl Server {
     }
 
     fn handle_frame(&mut self, id: ConnId, raw: RawFrame, now: Instant) -> Result<(), ServerError> {
-        let conn = self.conns.get_mut(&id).ok_or(ServerError::UnknownConn(id))?;
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .ok_or(ServerError::UnknownConn(id))?;
         let src = match &conn.phase {
             Phase::AwaitingClientInfo { .. } => return self.handle_client_info(id, raw, now),
             Phase::Active(auth) => auth.key,
@@ -372,7 +410,10 @@ impl Server {
         self.activity_counter += 1;
         conn.last_activity = self.activity_counter;
         self.note_activity(src);
-        let conn = self.conns.get_mut(&id).ok_or(ServerError::UnknownConn(id))?;
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .ok_or(ServerError::UnknownConn(id))?;
         match raw.frame_type {
             FrameType::SEND_PACKET => {
                 let Frame::SendPacket { dst, packet } = raw.parse()? else {
@@ -403,23 +444,45 @@ impl Server {
         Ok(())
     }
 
-    fn handle_client_info(&mut self, id: ConnId, raw: RawFrame, now: Instant) -> Result<(), ServerError> {
+    fn handle_client_info(
+        &mut self,
+        id: ConnId,
+        raw: RawFrame,
+        now: Instant,
+    ) -> Result<(), ServerError> {
         if raw.frame_type != FrameType::CLIENT_INFO {
-            return Err(DerpError::UnexpectedFrame { want: FrameType::CLIENT_INFO, got: raw.frame_type }.into());
+            return Err(DerpError::UnexpectedFrame {
+                want: FrameType::CLIENT_INFO,
+                got: raw.frame_type,
+            }
+            .into());
         }
         let Frame::ClientInfo { key, sealed } = raw.parse()? else {
-            return Err(DerpError::UnexpectedFrame { want: FrameType::CLIENT_INFO, got: raw.frame_type }.into());
+            return Err(DerpError::UnexpectedFrame {
+                want: FrameType::CLIENT_INFO,
+                got: raw.frame_type,
+            }
+            .into());
         };
-        let auth = Authenticated::verify(&self.private_key, key, &sealed).map_err(ServerError::Authentication)?;
+        let auth = Authenticated::verify(&self.private_key, key, &sealed)
+            .map_err(ServerError::Authentication)?;
         self.register(id, auth, now)
     }
 
-    fn register(&mut self, id: ConnId, auth: Authenticated, now: Instant) -> Result<(), ServerError> {
+    fn register(
+        &mut self,
+        id: ConnId,
+        auth: Authenticated,
+        now: Instant,
+    ) -> Result<(), ServerError> {
         let key = auth.key.0;
         let server_info = ServerInfo::current().seal(&self.private_key, &key, &mut self.rng)?;
         self.activity_counter += 1;
         let activity = self.activity_counter;
-        let conn = self.conns.get_mut(&id).ok_or(ServerError::UnknownConn(id))?;
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .ok_or(ServerError::UnknownConn(id))?;
         tracing::debug!(%id, remote = ?conn.remote, key = %key.short(), "derp: client authenticated");
         conn.phase = Phase::Active(auth);
         conn.decoder.set_max_frame_len(MAX_FRAME_LEN);
@@ -428,7 +491,10 @@ impl Server {
         conn.push_control(server_info);
         self.wakes.insert(id);
         // The newest connection for a key becomes the active one; older ones stay open.
-        let entry = self.keys.entry(key).or_insert_with(|| KeyConns { conns: BTreeSet::new(), active: id });
+        let entry = self.keys.entry(key).or_insert_with(|| KeyConns {
+            conns: BTreeSet::new(),
+            active: id,
+        });
         entry.conns.insert(id);
         entry.active = id;
         Ok(())
@@ -443,15 +509,25 @@ impl Server {
         if entry.conns.len() < 2 {
             return;
         }
-        if let Some(latest) =
-            entry.conns.iter().copied().max_by_key(|c| self.conns.get(c).map_or(0, |conn| conn.last_activity))
+        if let Some(latest) = entry
+            .conns
+            .iter()
+            .copied()
+            .max_by_key(|c| self.conns.get(c).map_or(0, |conn| conn.last_activity))
         {
             entry.active = latest;
         }
     }
 
     /// Relays `packet` from the authenticated `src` (on connection `from`) to `dst`.
-    fn route(&mut self, from: ConnId, src: AuthenticatedKey, dst: NodePublic, packet: Vec<u8>, now: Instant) {
+    fn route(
+        &mut self,
+        from: ConnId,
+        src: AuthenticatedKey,
+        dst: NodePublic,
+        packet: Vec<u8>,
+        now: Instant,
+    ) {
         let is_disco = packet_looks_like_disco(&packet);
         let Some(dst_id) = self.keys.get(&dst).map(|k| k.active) else {
             self.stats.packets_dropped += 1;
@@ -459,7 +535,10 @@ impl Server {
             if is_disco
                 && let Some(conn) = self.conns.get_mut(&from)
                 && conn.not_here.allow(now)
-                && conn.push_control(Frame::PeerGone { peer: dst, reason: PeerGoneReason::NOT_HERE })
+                && conn.push_control(Frame::PeerGone {
+                    peer: dst,
+                    reason: PeerGoneReason::NOT_HERE,
+                })
             {
                 self.stats.peer_gone_sent += 1;
                 self.wakes.insert(from);
@@ -470,7 +549,11 @@ impl Server {
             self.stats.packets_dropped += 1;
             return;
         };
-        let queue = if is_disco { &mut dst_conn.disco_queue } else { &mut dst_conn.other_queue };
+        let queue = if is_disco {
+            &mut dst_conn.disco_queue
+        } else {
+            &mut dst_conn.other_queue
+        };
         while queue.len() >= self.queue_depth {
             queue.pop_front();
             self.stats.packets_dropped += 1;
@@ -482,7 +565,10 @@ impl Server {
 
     /// Enforces the handshake deadline and schedules keepalives for connection `id`.
     pub fn handle_timeout(&mut self, id: ConnId, now: Instant) -> Result<(), ServerError> {
-        let conn = self.conns.get_mut(&id).ok_or(ServerError::UnknownConn(id))?;
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .ok_or(ServerError::UnknownConn(id))?;
         match &conn.phase {
             Phase::AwaitingClientInfo { deadline } if now >= *deadline => {
                 Err(ServerError::HandshakeTimeout(self.handshake_timeout))
@@ -532,9 +618,13 @@ impl Server {
         let mut take_disco = true;
         while out.len() < TRANSMIT_BATCH_BYTES {
             let next = if take_disco {
-                conn.disco_queue.pop_front().or_else(|| conn.other_queue.pop_front())
+                conn.disco_queue
+                    .pop_front()
+                    .or_else(|| conn.other_queue.pop_front())
             } else {
-                conn.other_queue.pop_front().or_else(|| conn.disco_queue.pop_front())
+                conn.other_queue
+                    .pop_front()
+                    .or_else(|| conn.disco_queue.pop_front())
             };
             take_disco = !take_disco;
             let Some(QueuedPacket { src, packet }) = next else {
@@ -584,8 +674,11 @@ impl Server {
             return;
         };
         entry.conns.remove(&id);
-        if let Some(latest) =
-            entry.conns.iter().copied().max_by_key(|c| self.conns.get(c).map_or(0, |conn| conn.last_activity))
+        if let Some(latest) = entry
+            .conns
+            .iter()
+            .copied()
+            .max_by_key(|c| self.conns.get(c).map_or(0, |conn| conn.last_activity))
         {
             entry.active = latest;
             return;
@@ -596,7 +689,10 @@ impl Server {
             if let Some(w) = self.conns.get_mut(&watcher) {
                 // Forget the source so a reconnecting peer is watched afresh.
                 w.saw_src.remove(&key);
-                if w.push_control(Frame::PeerGone { peer: key, reason: PeerGoneReason::DISCONNECTED }) {
+                if w.push_control(Frame::PeerGone {
+                    peer: key,
+                    reason: PeerGoneReason::DISCONNECTED,
+                }) {
                     self.stats.peer_gone_sent += 1;
                     self.wakes.insert(watcher);
                 }
@@ -635,18 +731,38 @@ mod tests {
     fn connect(server: &mut Server, key: &NodePrivate, now: Instant) -> ConnId {
         let id = server.accept(now, None);
         let got = frames(server, id);
-        assert_eq!(got, vec![Frame::ServerKey { key: server.public_key() }]);
-        let ci = ClientInfo::default().seal(key, &server.public_key(), &mut rng()).unwrap();
-        server.handle_input(id, &ci.to_bytes().unwrap(), now).unwrap();
+        assert_eq!(
+            got,
+            vec![Frame::ServerKey {
+                key: server.public_key()
+            }]
+        );
+        let ci = ClientInfo::default()
+            .seal(key, &server.public_key(), &mut rng())
+            .unwrap();
+        server
+            .handle_input(id, &ci.to_bytes().unwrap(), now)
+            .unwrap();
         let got = frames(server, id);
-        let [Frame::ServerInfo { sealed }] = got.as_slice() else { panic!("want ServerInfo, got {got:?}") };
-        assert_eq!(ServerInfo::open(key, &server.public_key(), sealed).unwrap(), ServerInfo::current());
+        let [Frame::ServerInfo { sealed }] = got.as_slice() else {
+            panic!("want ServerInfo, got {got:?}")
+        };
+        assert_eq!(
+            ServerInfo::open(key, &server.public_key(), sealed).unwrap(),
+            ServerInfo::current()
+        );
+        while server.poll_wake().is_some() {}
         id
     }
 
     fn send(server: &mut Server, id: ConnId, dst: NodePublic, packet: &[u8], now: Instant) {
-        let f = Frame::SendPacket { dst, packet: packet.to_vec() };
-        server.handle_input(id, &f.to_bytes().unwrap(), now).unwrap();
+        let f = Frame::SendPacket {
+            dst,
+            packet: packet.to_vec(),
+        };
+        server
+            .handle_input(id, &f.to_bytes().unwrap(), now)
+            .unwrap();
     }
 
     fn disco_packet() -> Vec<u8> {
@@ -659,12 +775,21 @@ mod tests {
     fn relays_with_source_key() {
         let mut s = server();
         let now = Instant::now();
-        let (a, b) = (NodePrivate::from_bytes([3; 32]), NodePrivate::from_bytes([4; 32]));
+        let (a, b) = (
+            NodePrivate::from_bytes([3; 32]),
+            NodePrivate::from_bytes([4; 32]),
+        );
         let ia = connect(&mut s, &a, now);
         let ib = connect(&mut s, &b, now);
         send(&mut s, ia, b.public(), b"hello", now);
         assert_eq!(s.poll_wake(), Some(ib));
-        assert_eq!(frames(&mut s, ib), vec![Frame::RecvPacket { src: a.public(), packet: b"hello".to_vec() }]);
+        assert_eq!(
+            frames(&mut s, ib),
+            vec![Frame::RecvPacket {
+                src: a.public(),
+                packet: b"hello".to_vec()
+            }]
+        );
         assert_eq!(s.stats().clients, 2);
     }
 
@@ -676,13 +801,23 @@ mod tests {
         let _ = frames(&mut s, id);
         let real = NodePrivate::from_bytes([3; 32]);
         let claimed = NodePrivate::from_bytes([4; 32]).public();
-        let Frame::ClientInfo { sealed, .. } = ClientInfo::default().seal(&real, &s.public_key(), &mut rng()).unwrap()
+        let Frame::ClientInfo { sealed, .. } = ClientInfo::default()
+            .seal(&real, &s.public_key(), &mut rng())
+            .unwrap()
         else {
             panic!()
         };
-        let forged = Frame::ClientInfo { key: claimed, sealed };
-        let err = s.handle_input(id, &forged.to_bytes().unwrap(), now).unwrap_err();
-        assert!(matches!(err, ServerError::Authentication(DerpError::BoxOpen { .. })), "{err}");
+        let forged = Frame::ClientInfo {
+            key: claimed,
+            sealed,
+        };
+        let err = s
+            .handle_input(id, &forged.to_bytes().unwrap(), now)
+            .unwrap_err();
+        assert!(
+            matches!(err, ServerError::Authentication(DerpError::BoxOpen { .. })),
+            "{err}"
+        );
         assert!(!s.is_connected(&claimed));
         assert_eq!(frames(&mut s, id), vec![]);
     }
@@ -692,7 +827,10 @@ mod tests {
         let mut s = server();
         let now = Instant::now();
         let id = s.accept(now, None);
-        let f = Frame::SendPacket { dst: NodePublic::from_bytes([9; 32]), packet: vec![1] };
+        let f = Frame::SendPacket {
+            dst: NodePublic::from_bytes([9; 32]),
+            packet: vec![1],
+        };
         assert!(matches!(
             s.handle_input(id, &f.to_bytes().unwrap(), now),
             Err(ServerError::Protocol(DerpError::UnexpectedFrame { .. }))
@@ -706,7 +844,10 @@ mod tests {
         let id = s.accept(now, None);
         assert_eq!(s.poll_timeout(id), Some(now + HANDSHAKE_TIMEOUT));
         assert!(s.handle_timeout(id, now + Duration::from_secs(9)).is_ok());
-        assert!(matches!(s.handle_timeout(id, now + HANDSHAKE_TIMEOUT), Err(ServerError::HandshakeTimeout(_))));
+        assert!(matches!(
+            s.handle_timeout(id, now + HANDSHAKE_TIMEOUT),
+            Err(ServerError::HandshakeTimeout(_))
+        ));
     }
 
     #[test]
@@ -716,7 +857,8 @@ mod tests {
         let id = connect(&mut s, &NodePrivate::from_bytes([3; 32]), now);
         let due = s.poll_timeout(id).unwrap();
         assert!(due >= now + KEEP_ALIVE && due < now + KEEP_ALIVE + KEEP_ALIVE_JITTER);
-        s.handle_timeout(id, due - Duration::from_millis(1)).unwrap();
+        s.handle_timeout(id, due - Duration::from_millis(1))
+            .unwrap();
         assert_eq!(frames(&mut s, id), vec![]);
         s.handle_timeout(id, due).unwrap();
         assert_eq!(frames(&mut s, id), vec![Frame::KeepAlive]);
@@ -738,7 +880,10 @@ mod tests {
     fn queues_drop_oldest_per_kind() {
         let mut s = server();
         let now = Instant::now();
-        let (a, b) = (NodePrivate::from_bytes([3; 32]), NodePrivate::from_bytes([4; 32]));
+        let (a, b) = (
+            NodePrivate::from_bytes([3; 32]),
+            NodePrivate::from_bytes([4; 32]),
+        );
         let ia = connect(&mut s, &a, now);
         let ib = connect(&mut s, &b, now);
         for i in 0..40u8 {
@@ -754,7 +899,11 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(others, (8..40).collect::<Vec<u8>>(), "the 8 oldest were dropped");
+        assert_eq!(
+            others,
+            (8..40).collect::<Vec<u8>>(),
+            "the 8 oldest were dropped"
+        );
         assert_eq!(s.stats().packets_dropped, 8);
     }
 
@@ -770,9 +919,22 @@ mod tests {
         for _ in 0..5 {
             send(&mut s, ia, nobody, &disco_packet(), now);
         }
-        let gone = Frame::PeerGone { peer: nobody, reason: PeerGoneReason::NOT_HERE };
-        assert_eq!(frames(&mut s, ia), vec![gone.clone(), gone.clone(), gone.clone()], "burst of 3");
-        send(&mut s, ia, nobody, &disco_packet(), now + Duration::from_secs(1));
+        let gone = Frame::PeerGone {
+            peer: nobody,
+            reason: PeerGoneReason::NOT_HERE,
+        };
+        assert_eq!(
+            frames(&mut s, ia),
+            vec![gone.clone(), gone.clone(), gone.clone()],
+            "burst of 3"
+        );
+        send(
+            &mut s,
+            ia,
+            nobody,
+            &disco_packet(),
+            now + Duration::from_secs(1),
+        );
         assert_eq!(frames(&mut s, ia), vec![gone]);
     }
 
@@ -780,8 +942,11 @@ mod tests {
     fn peer_gone_goes_to_receivers_when_last_conn_leaves() {
         let mut s = server();
         let now = Instant::now();
-        let (a, b, c) =
-            (NodePrivate::from_bytes([3; 32]), NodePrivate::from_bytes([4; 32]), NodePrivate::from_bytes([5; 32]));
+        let (a, b, c) = (
+            NodePrivate::from_bytes([3; 32]),
+            NodePrivate::from_bytes([4; 32]),
+            NodePrivate::from_bytes([5; 32]),
+        );
         let ia = connect(&mut s, &a, now);
         let ib = connect(&mut s, &b, now);
         let ic = connect(&mut s, &c, now);
@@ -793,7 +958,10 @@ mod tests {
         assert_eq!(s.poll_wake(), None, "c never received from a");
         assert_eq!(
             frames(&mut s, ib),
-            vec![Frame::PeerGone { peer: a.public(), reason: PeerGoneReason::DISCONNECTED }]
+            vec![Frame::PeerGone {
+                peer: a.public(),
+                reason: PeerGoneReason::DISCONNECTED
+            }]
         );
         assert_eq!(frames(&mut s, ic), vec![]);
         assert!(!s.is_connected(&a.public()));
@@ -803,7 +971,10 @@ mod tests {
     fn last_writer_is_active_for_duplicate_keys() {
         let mut s = server();
         let now = Instant::now();
-        let (a, b) = (NodePrivate::from_bytes([3; 32]), NodePrivate::from_bytes([4; 32]));
+        let (a, b) = (
+            NodePrivate::from_bytes([3; 32]),
+            NodePrivate::from_bytes([4; 32]),
+        );
         let ia = connect(&mut s, &a, now);
         let b1 = connect(&mut s, &b, now);
         let b2 = connect(&mut s, &b, now);
@@ -814,7 +985,13 @@ mod tests {
         // b1 speaks: it becomes the active one.
         send(&mut s, b1, a.public(), b"hi", now);
         send(&mut s, ia, b.public(), b"2", now);
-        assert_eq!(frames(&mut s, b1), vec![Frame::RecvPacket { src: a.public(), packet: b"2".to_vec() }]);
+        assert_eq!(
+            frames(&mut s, b1),
+            vec![Frame::RecvPacket {
+                src: a.public(),
+                packet: b"2".to_vec()
+            }]
+        );
         // Closing one duplicate is not a PeerGone.
         let _ = frames(&mut s, ia);
         s.remove(b1);
@@ -829,7 +1006,10 @@ mod tests {
         let now = Instant::now();
         let id = connect(&mut s, &NodePrivate::from_bytes([3; 32]), now);
         let f = Frame::WatchConns.to_bytes().unwrap();
-        assert!(matches!(s.handle_input(id, &f, now), Err(ServerError::MeshNotAllowed(_))));
+        assert!(matches!(
+            s.handle_input(id, &f, now),
+            Err(ServerError::MeshNotAllowed(_))
+        ));
     }
 
     #[test]
@@ -837,7 +1017,12 @@ mod tests {
         let mut s = server();
         let now = Instant::now();
         let id = connect(&mut s, &NodePrivate::from_bytes([3; 32]), now);
-        let mut b = Frame::Unknown { frame_type: FrameType(0x77), payload: vec![1, 2, 3] }.to_bytes().unwrap();
+        let mut b = Frame::Unknown {
+            frame_type: FrameType(0x77),
+            payload: vec![1, 2, 3],
+        }
+        .to_bytes()
+        .unwrap();
         b.extend(Frame::KeepAlive.to_bytes().unwrap());
         b.extend(Frame::NotePreferred { preferred: true }.to_bytes().unwrap());
         s.handle_input(id, &b, now).unwrap();

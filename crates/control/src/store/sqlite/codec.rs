@@ -169,6 +169,7 @@ impl<'r, 's> Cols<'r, 's> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use chrono::TimeZone;

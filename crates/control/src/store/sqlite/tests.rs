@@ -1,6 +1,8 @@
 //! Tests of [`SqliteStore`] against real files in a temporary directory: every trait method
 //! round-trips, data survives a reopen, a second connection sees writes, and errors are typed.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
