@@ -22,7 +22,9 @@ CREATE TABLE auth_keys (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     key_id        TEXT NOT NULL UNIQUE,
     secret_hash   TEXT NOT NULL,
-    user_id       INTEGER REFERENCES users(id),
+    -- Deleting a user keeps its (revoked) auth keys for the record, owner cleared. Nodes, in
+    -- contrast, must be deleted before their user (no ON DELETE: the delete fails).
+    user_id       INTEGER REFERENCES users(id) ON DELETE SET NULL,
     reusable      INTEGER NOT NULL,
     ephemeral     INTEGER NOT NULL,
     preauthorized INTEGER NOT NULL,

@@ -1187,11 +1187,8 @@ mod tests {
                 let mut dec = FrameDecoder::with_max_frame_len(4096);
                 for c in &chunks {
                     dec.push(c);
-                    loop {
-                        match dec.next_raw() {
-                            Ok(Some(raw)) => { let _ = raw.parse(); }
-                            Ok(None) | Err(_) => break,
-                        }
+                    while let Ok(Some(raw)) = dec.next_raw() {
+                        let _ = raw.parse();
                     }
                 }
             }

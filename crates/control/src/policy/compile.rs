@@ -170,7 +170,7 @@ pub(crate) fn src_strings(set: &IpSet) -> Vec<String> {
         };
         out.push((v4, start, net_string(&n)));
     }
-    out.sort_by(|a, b| (!a.0, a.1).cmp(&(!b.0, b.1)));
+    out.sort_by_key(|a| (!a.0, a.1));
     out.into_iter().map(|(_, _, s)| s).collect()
 }
 

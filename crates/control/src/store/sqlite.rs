@@ -12,20 +12,21 @@
 //! typed text) are described at the top of the V1 migration.
 
 mod codec;
+mod file;
 mod read;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
-use std::fs::{DirBuilder, OpenOptions};
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
-use self::codec::{Violation, db, json_text, opt_ts_text, ts_text, violation, write_err};
+use self::codec::{
+    Violation, api_key_values, auth_key_values, db, json_text, node_values, ts_text, violation,
+    write_err,
+};
 use super::{AuditQuery, Store, StoreError};
 use crate::model::{
     ApiKey, ApiKeyId, AuditEvent, AuthKey, AuthKeyId, Node, NodeId, PolicyRecord, ServerKeys,
@@ -73,7 +74,7 @@ impl SqliteStore {
     /// A new file and any missing parent directories are created private to the owner (0600 and
     /// 0700). Running it again on an up-to-date file changes nothing.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        create_private_file(path)?;
+        file::create_private_file(path)?;
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
         let mut store = Self {
@@ -166,9 +167,9 @@ impl SqliteStore {
             self.conn
                 .query_row(&sql, [id], |_| Ok(()))
                 .optional()
-                .ok()
-                .flatten()
-                .is_some()
+                // If the lookup itself fails, claim nothing and fall through to the generic
+                // message rather than blame a row that may exist.
+                .map_or(true, |row| row.is_some())
         };
         if let Some(u) = user.filter(|u| !exists("users", u.0)) {
             return StoreError::NotFound(format!("user {u} (owner of {child})"));
@@ -192,57 +193,6 @@ fn migration_error(e: &refinery::Error) -> StoreError {
         _ => "",
     };
     StoreError::Migration(format!("{e}{hint}"))
-}
-
-/// Creates the parent directories (0700) and an empty database file (0600) if they are missing.
-///
-/// Creating the file ourselves, before SQLite does, is what sets its mode regardless of the
-/// umask's group/other read bits; SQLite then gives its `-wal` and `-shm` files the same mode.
-fn create_private_file(path: &Path) -> Result<(), StoreError> {
-    let io_err = |what: &str, p: &Path, e: std::io::Error| {
-        StoreError::Db(format!("cannot create {what} {}: {e}", p.display()))
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let mut builder = DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(dir)
-            .map_err(|e| io_err("directory", dir, e))?;
-    }
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            warn_if_shared(path);
-            Ok(())
-        }
-        Err(e) => Err(io_err("database file", path, e)),
-    }
-}
-
-/// An existing file keeps the mode the operator gave it, but a readable-by-others database
-/// exposes the server's private keys, so say so.
-fn warn_if_shared(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
-                "database file is accessible to other users; it holds private keys (chmod 600)"
-            );
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
 }
 
 const SERVER_KEY_NOISE: &str = "noise";
@@ -376,18 +326,21 @@ impl Store for SqliteStore {
         let Some(login) = login else {
             return Err(StoreError::NotFound(format!("user {id}")));
         };
-        let count = |table: &str| -> Result<i64, StoreError> {
-            let sql = format!("SELECT count(*) FROM {table} WHERE user_id = ?1");
-            tx.query_row(&sql, [id.0], |r| r.get(0)).map_err(db)
-        };
-        let (nodes, keys) = (count("nodes")?, count("auth_keys")?);
-        if nodes > 0 || keys > 0 {
-            // Read with the Conflict prefix: "already exists: nodes or auth keys owned by …".
+        let nodes: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM nodes WHERE user_id = ?1",
+                [id.0],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if nodes > 0 {
+            // Reads with the Conflict prefix: "already exists: 2 node(s) owned by user …".
             return Err(StoreError::Conflict(format!(
-                "nodes or auth keys owned by user {login} ({nodes} node(s), {keys} auth key(s)); \
-                 delete them before the user"
+                "{nodes} node(s) owned by user {login}; delete them before the user"
             )));
         }
+        // The user's auth keys stay (ON DELETE SET NULL clears their owner); callers revoke
+        // them first and mirror `user_id = None` in memory.
         tx.execute("DELETE FROM users WHERE id = ?1", [id.0])
             .map_err(db)?;
         tx.commit().map_err(db)
@@ -567,63 +520,4 @@ fn found(changed: usize, what: impl FnOnce() -> String) -> Result<(), StoreError
     } else {
         Ok(())
     }
-}
-
-/// Row values ?1 (id) to ?20 of a node in column order, shared by INSERT (which leaves ?1
-/// unused) and UPDATE. Owned values, so that encoded text outlives the builder.
-fn node_values(n: &Node) -> Result<Vec<Value>, StoreError> {
-    Ok(vec![
-        n.id.0.into(),
-        n.machine_key.to_string().into(),
-        n.node_key.to_string().into(),
-        n.disco_key.to_string().into(),
-        n.user_id.map(|u| u.0).into(),
-        json_text(&n.tags, "node tags")?.into(),
-        n.hostname.clone().into(),
-        n.given_name.clone().into(),
-        n.ipv4.map(|ip| ip.to_string()).into(),
-        n.ipv6.map(|ip| ip.to_string()).into(),
-        json_text(&n.endpoints, "node endpoints")?.into(),
-        json_text(&n.hostinfo, "node hostinfo")?.into(),
-        n.home_derp.into(),
-        ts_text(&n.created)?.into(),
-        opt_ts_text(n.last_seen.as_ref())?.into(),
-        opt_ts_text(n.key_expiry.as_ref())?.into(),
-        n.ephemeral.into(),
-        n.authorized.into(),
-        json_text(&n.approved_routes, "node routes")?.into(),
-        n.auth_key_id.map(|k| k.0).into(),
-    ])
-}
-
-/// Row values ?1 (id) to ?13 of an auth key.
-fn auth_key_values(k: &AuthKey) -> Result<Vec<Value>, StoreError> {
-    Ok(vec![
-        k.id.0.into(),
-        k.key_id.clone().into(),
-        k.secret_hash.clone().into(),
-        k.user_id.map(|u| u.0).into(),
-        k.reusable.into(),
-        k.ephemeral.into(),
-        k.preauthorized.into(),
-        json_text(&k.tags, "auth key tags")?.into(),
-        k.description.clone().into(),
-        ts_text(&k.created)?.into(),
-        opt_ts_text(k.expires.as_ref())?.into(),
-        opt_ts_text(k.revoked.as_ref())?.into(),
-        k.uses.into(),
-    ])
-}
-
-/// Row values ?1 (id) to ?7 of an API key.
-fn api_key_values(k: &ApiKey) -> Result<Vec<Value>, StoreError> {
-    Ok(vec![
-        k.id.0.into(),
-        k.key_id.clone().into(),
-        k.secret_hash.clone().into(),
-        k.description.clone().into(),
-        ts_text(&k.created)?.into(),
-        opt_ts_text(k.expires.as_ref())?.into(),
-        opt_ts_text(k.revoked.as_ref())?.into(),
-    ])
 }

@@ -137,6 +137,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> DerpStream for T {}
 
 /// An established DERP session.
 pub struct DerpConnection {
+    url: String,
     stream: Box<dyn DerpStream>,
     client: Client,
     server_info: ServerInfo,
@@ -256,6 +257,7 @@ async fn connect_inner(
         });
     }
     let mut conn = DerpConnection {
+        url: opts.url.clone(),
         stream,
         client: Client::new(config),
         server_info: ServerInfo::default(),
@@ -318,12 +320,12 @@ impl DerpConnection {
                 .write_all(&bytes)
                 .await
                 .map_err(|source| DialError::Io {
-                    url: String::new(),
+                    url: self.url.clone(),
                     source,
                 })?;
         }
         self.stream.flush().await.map_err(|source| DialError::Io {
-            url: String::new(),
+            url: self.url.clone(),
             source,
         })
     }
@@ -340,7 +342,7 @@ impl DerpConnection {
                 .read(&mut buf)
                 .await
                 .map_err(|source| DialError::Io {
-                    url: String::new(),
+                    url: self.url.clone(),
                     source,
                 })?;
             if n == 0 {

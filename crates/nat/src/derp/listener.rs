@@ -259,8 +259,8 @@ async fn accept_loop(
             }
         }
     }
-    // Aborting the tasks drops their sockets; the cores forget them via their cleanup below
-    // only if they run, so clear the registry here as well.
+    // Aborting the connection tasks drops their sockets. Their registry entries die with the
+    // core, which nothing else uses once every listener of this relay has stopped.
     conns.shutdown().await;
 }
 

@@ -9,12 +9,12 @@ use std::fmt::Display;
 use std::str::FromStr;
 
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
-use rusqlite::types::FromSql;
+use rusqlite::types::{FromSql, Value};
 use rusqlite::{Error as SqlError, Row, ffi};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::model::Timestamp;
+use crate::model::{ApiKey, AuthKey, Node, Timestamp};
 use crate::store::StoreError;
 
 /// Any SQLite failure that has no more specific meaning.
@@ -166,6 +166,65 @@ impl<'r, 's> Cols<'r, 's> {
         let s: String = self.get(col)?;
         serde_json::from_str(&s).map_err(|e| self.corrupt(col, format_args!("bad JSON: {e}")))
     }
+}
+
+/// Row values ?1 (id) to ?20 of a node in column order, shared by INSERT (which leaves ?1
+/// unused) and UPDATE. Owned values, so that encoded text outlives the builder.
+pub(super) fn node_values(n: &Node) -> Result<Vec<Value>, StoreError> {
+    Ok(vec![
+        n.id.0.into(),
+        n.machine_key.to_string().into(),
+        n.node_key.to_string().into(),
+        n.disco_key.to_string().into(),
+        n.user_id.map(|u| u.0).into(),
+        json_text(&n.tags, "node tags")?.into(),
+        n.hostname.clone().into(),
+        n.given_name.clone().into(),
+        n.ipv4.map(|ip| ip.to_string()).into(),
+        n.ipv6.map(|ip| ip.to_string()).into(),
+        json_text(&n.endpoints, "node endpoints")?.into(),
+        json_text(&n.hostinfo, "node hostinfo")?.into(),
+        n.home_derp.into(),
+        ts_text(&n.created)?.into(),
+        opt_ts_text(n.last_seen.as_ref())?.into(),
+        opt_ts_text(n.key_expiry.as_ref())?.into(),
+        n.ephemeral.into(),
+        n.authorized.into(),
+        json_text(&n.approved_routes, "node routes")?.into(),
+        n.auth_key_id.map(|k| k.0).into(),
+    ])
+}
+
+/// Row values ?1 (id) to ?13 of an auth key.
+pub(super) fn auth_key_values(k: &AuthKey) -> Result<Vec<Value>, StoreError> {
+    Ok(vec![
+        k.id.0.into(),
+        k.key_id.clone().into(),
+        k.secret_hash.clone().into(),
+        k.user_id.map(|u| u.0).into(),
+        k.reusable.into(),
+        k.ephemeral.into(),
+        k.preauthorized.into(),
+        json_text(&k.tags, "auth key tags")?.into(),
+        k.description.clone().into(),
+        ts_text(&k.created)?.into(),
+        opt_ts_text(k.expires.as_ref())?.into(),
+        opt_ts_text(k.revoked.as_ref())?.into(),
+        k.uses.into(),
+    ])
+}
+
+/// Row values ?1 (id) to ?7 of an API key.
+pub(super) fn api_key_values(k: &ApiKey) -> Result<Vec<Value>, StoreError> {
+    Ok(vec![
+        k.id.0.into(),
+        k.key_id.clone().into(),
+        k.secret_hash.clone().into(),
+        k.description.clone().into(),
+        ts_text(&k.created)?.into(),
+        opt_ts_text(k.expires.as_ref())?.into(),
+        opt_ts_text(k.revoked.as_ref())?.into(),
+    ])
 }
 
 #[cfg(test)]

@@ -474,7 +474,7 @@ fn references_to_missing_rows_are_not_found() {
 }
 
 #[test]
-fn deleting_a_user_who_still_owns_nodes_is_refused() {
+fn deleting_a_user_needs_its_nodes_gone_and_keeps_its_keys() {
     let mut s = SqliteStore::open_in_memory().unwrap();
     let uid = s.insert_user(&user("frank@example.com")).unwrap();
     let mut node = bare_node(1);
@@ -487,8 +487,18 @@ fn deleting_a_user_who_still_owns_nodes_is_refused() {
     );
     assert_eq!(s.load().unwrap().users.len(), 1);
 
+    let mut key = auth_key("kFrank", Some(uid));
+    key.revoked = Some(t(9, 0));
+    let kid = s.insert_auth_key(&key).unwrap();
     s.delete_node(nid).unwrap();
     s.delete_user(uid).unwrap();
+    let snap = s.load().unwrap();
+    assert!(snap.users.is_empty());
+    assert_eq!(snap.auth_keys.len(), 1, "revoked keys stay for the record");
+    assert_eq!(
+        (snap.auth_keys[0].id, snap.auth_keys[0].user_id),
+        (kid, None)
+    );
 }
 
 #[test]
@@ -711,4 +721,17 @@ fn a_database_from_a_newer_version_is_refused() {
         matches!(&err, StoreError::Migration(m) if m.contains("newer version")),
         "{err}"
     );
+}
+
+#[test]
+fn commits_survive_a_process_that_never_closes_the_database() {
+    // Like kill -9: the connection is never closed, so nothing is checkpointed and the commits
+    // live only in the WAL file. A fresh open must still see all of them.
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let mut s = SqliteStore::open(&path).unwrap();
+    let want = populate(&mut s);
+    std::mem::forget(s);
+    let mut reopened = SqliteStore::open(&path).unwrap();
+    assert_snapshot_eq(&reopened.load().unwrap(), &want);
 }
