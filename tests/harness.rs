@@ -132,3 +132,49 @@ fn unreachable_control_fails_and_cleans_up() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A test body that panics still gets its processes killed and its namespace deleted, and its
+/// run directory (with the logs) is kept; one that returns `Err` fails the same way.
+#[test]
+fn failing_test_is_cleaned_up_and_keeps_logs() -> anyhow::Result<()> {
+    for panics in [true, false] {
+        let mut seen = None;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_test("deliberate_failure", Needs::default(), |env| {
+                let idx = env.spawn("sleeper", &Spawn::new("/bin/sleep").arg("60"))?;
+                let pid = env.proc_mut(idx)?.pid();
+                ensure!(
+                    env.netns().pids().contains(&pid),
+                    "sleeper is not in the namespace"
+                );
+                seen = Some((pid, env.netns().name().to_owned(), env.run_dir().to_owned()));
+                if panics {
+                    panic!("deliberate panic");
+                }
+                bail!("deliberate error")
+            })
+        }));
+        let Some((pid, ns, run_dir)) = seen else {
+            return Ok(()); // skipped (not root)
+        };
+        match outcome {
+            Err(_) => ensure!(panics, "the error case panicked"),
+            Ok(result) => ensure!(!panics && result.is_err(), "failure was not reported"),
+        }
+        ensure!(
+            !Netns::exists(&ns),
+            "namespace {ns} survived a failing test"
+        );
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        ensure!(
+            !status.contains("Name:\tsleep"),
+            "sleeper (pid {pid}) survived a failing test"
+        );
+        ensure!(
+            run_dir.join("sleeper.log").is_file(),
+            "run directory was not kept"
+        );
+        std::fs::remove_dir_all(&run_dir)?;
+    }
+    Ok(())
+}

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use e2e::{
-    AuthKey, CaddyNode, Caddyfile, Check, ControlServer, Needs, Spawn, TestEnv, caddy_env, report,
-    run_test, wait_until,
+    AuthKey, CaddyNode, Caddyfile, Check, ControlServer, Needs, Spawn, TestEnv, caddy_env,
+    egress_attempts, report, run_test, wait_until,
 };
 
 /// Loopback port where node B's reverse proxy listens (inside the namespace).
@@ -66,7 +66,8 @@ fn two_nodes_in_one_caddy_process() -> anyhow::Result<()> {
         let elapsed = first_success(env, started)?;
         report_first_request(env, "one process, two nodes", elapsed);
         steady_requests(env)?;
-        both_nodes_online(env, &control)
+        both_nodes_online(env, &control)?;
+        no_egress_attempts(env)
     })
 }
 
@@ -103,7 +104,8 @@ fn two_caddy_processes_one_node_each() -> anyhow::Result<()> {
         let elapsed = first_success(env, started)?;
         report_first_request(env, "two processes", elapsed);
         steady_requests(env)?;
-        both_nodes_online(env, &control)
+        both_nodes_online(env, &control)?;
+        no_egress_attempts(env)
     })
 }
 
@@ -283,8 +285,22 @@ fn steady_requests(env: &TestEnv) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The clients never tried to reach an address off this machine.
+fn no_egress_attempts(env: &TestEnv) -> anyhow::Result<()> {
+    for proc in env.procs().iter().filter(|p| p.name().starts_with("caddy")) {
+        let lines = egress_attempts(&proc.log_text());
+        ensure!(
+            lines.is_empty(),
+            "{} tried to reach something off this machine:\n{}",
+            proc.name(),
+            lines.join("\n")
+        );
+    }
+    Ok(())
+}
+
 fn both_nodes_online(env: &mut TestEnv, control: &ControlServer) -> anyhow::Result<()> {
-    wait_until(
+    let nodes = wait_until(
         "control nodes list to show nodea and nodeb online",
         ONLINE_TIMEOUT,
         || {
@@ -292,10 +308,26 @@ fn both_nodes_online(env: &mut TestEnv, control: &ControlServer) -> anyhow::Resu
             let nodes = control.list_nodes(env)?;
             let online = |n: &str| nodes.iter().any(|s| s.is(n) && s.online);
             Ok(if online("nodea") && online("nodeb") {
-                Check::Ready(())
+                Check::Ready(nodes)
             } else {
                 Check::NotYet(format!("{nodes:?}"))
             })
         },
-    )
+    )?;
+    let listed: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "{} ({})",
+                n.name,
+                if n.online { "online" } else { "offline" }
+            )
+        })
+        .collect();
+    report(format_args!(
+        "{}: control nodes list: {}",
+        env.name(),
+        listed.join(", ")
+    ));
+    Ok(())
 }

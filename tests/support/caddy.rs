@@ -101,10 +101,40 @@ impl Caddyfile {
     }
 }
 
+/// Log fragments that mean the client tried to reach something off this machine. The namespace
+/// has no route out, so such attempts fail locally, but they point at a server-side mistake
+/// (official-client-interop.md §6: empty or public DERP map, no STUN answer, missing
+/// `disable-captive-portal-detection`).
+const EGRESS_MARKERS: &[&str] = &[
+    "network is unreachable",
+    "no route to host",
+    "tailscale.com",
+    "generate_204",
+];
+
+/// Lines of a client log that show an attempt to leave the machine (at most 5).
+pub fn egress_attempts(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            EGRESS_MARKERS.iter().any(|m| l.contains(m))
+        })
+        .take(5)
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spots_egress_attempts() {
+        let log = "ok line\ndial tcp 1.2.3.4:443: connect: network is unreachable\nfine";
+        assert_eq!(egress_attempts(log).len(), 1);
+        assert!(egress_attempts("canceling captive portal context").is_empty());
+    }
 
     #[test]
     fn renders_the_two_node_recipe() {

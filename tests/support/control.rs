@@ -4,9 +4,10 @@
 //! * `control serve --listen 127.0.0.1:<P> --server-url http://127.0.0.1:<P> --db <run>/control.db
 //!   --base-domain tail.test --derp-port <D> --stun-port <S> --derp-host 127.0.0.1
 //!   --data-dir <run>/data`, ready once `GET /key?v=130` answers 200;
-//! * `control keys create --db <db> --reusable --ephemeral --json`, printing a JSON object whose
-//!   `"key"` field holds `tskey-auth-...`;
-//! * `control nodes list --db <db> --json`, printing the nodes (see [`NodeStatus`]).
+//! * `control keys create --db <db> --base-domain tail.test --reusable --ephemeral --json`,
+//!   printing a JSON object whose `"key"` field holds `tskey-auth-...`;
+//! * `control nodes list --db <db> --base-domain tail.test --json`, printing the nodes (see
+//!   [`NodeStatus`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +20,9 @@ use crate::{Check, Spawn, TestEnv, free_port, report, wait_until};
 
 /// How long `control serve` may take to answer `/key`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// MagicDNS suffix the tests run the server with.
+pub const BASE_DOMAIN: &str = "tail.test";
 
 /// How long a one-shot CLI command may take.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,6 +106,8 @@ impl ControlServer {
             .clear_env()
             .env("PATH", "/usr/bin:/bin")
             .env("RUST_BACKTRACE", "1")
+            // The log is a file; escape codes would only make it harder to read.
+            .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",
                 std::env::var("E2E_CONTROL_LOG").unwrap_or_else(|_| "info".into()),
@@ -111,7 +117,7 @@ impl ControlServer {
             .args(["--server-url", &url])
             .arg("--db")
             .arg(&db)
-            .args(["--base-domain", "tail.test"])
+            .args(["--base-domain", BASE_DOMAIN])
             .args(["--derp-port", &derp_port.to_string()])
             .args(["--stun-port", &stun_port.to_string()])
             .args(["--derp-host", "127.0.0.1"])
@@ -182,9 +188,13 @@ impl ControlServer {
             .clear_env()
             .env("PATH", "/usr/bin:/bin")
             .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
             .args(args)
             .arg("--db")
-            .arg(&self.db);
+            .arg(&self.db)
+            // Database mode derives names and the default key owner from the base domain; give
+            // the one the server runs with.
+            .args(["--base-domain", BASE_DOMAIN]);
         let out = env.run(&spec, CLI_TIMEOUT)?;
         if !out.status.success() {
             bail!(

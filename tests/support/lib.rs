@@ -30,7 +30,7 @@ mod wait;
 use std::io::Write as _;
 
 pub use bins::{Tool, caddy_bin, target_dir, workspace_bin, workspace_root};
-pub use caddy::{CaddyNode, Caddyfile, caddy_env};
+pub use caddy::{CaddyNode, Caddyfile, caddy_env, egress_attempts};
 pub use control::{AuthKey, ControlServer, NodeStatus};
 pub use env::{HttpReply, TestEnv};
 pub use netns::{Netns, ip_bin};

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the coordination server (control protocol, admin API, embedded DERP and STUN).
-    Serve(control::config::ServeArgs),
+    Serve(Box<control::config::ServeArgs>),
     /// Run a standalone DERP relay (with STUN) for an extra region.
     Derp(cli::derp::DerpArgs),
     #[command(flatten)]
@@ -28,8 +28,13 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Admin commands print results; their logs stay quiet unless asked for.
+    let level = match (&cli.command, cli.log.as_str()) {
+        (Command::Admin(_), "info") => "warn",
+        (_, l) => l,
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -40,7 +45,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Derp(args) => cli::derp::run(args).await,
             Command::Admin(cmd) => cli::run(cmd).await,
         }
@@ -70,7 +75,7 @@ async fn serve(args: control::config::ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers, Ctrl-C still ends the process the default way.

@@ -53,8 +53,16 @@ pub fn etag_of(text: &str) -> String {
 /// The policy in force.
 pub fn current(t: &Tailnet) -> PolicyText {
     match t.policy_record() {
-        Some(rec) => PolicyText { etag: etag_of(&rec.text), text: rec.text.clone(), is_default: false },
-        None => PolicyText { text: DEFAULT_POLICY.to_string(), etag: etag_of(DEFAULT_POLICY), is_default: true },
+        Some(rec) => PolicyText {
+            etag: etag_of(&rec.text),
+            text: rec.text.clone(),
+            is_default: false,
+        },
+        None => PolicyText {
+            text: DEFAULT_POLICY.to_string(),
+            etag: etag_of(DEFAULT_POLICY),
+            is_default: true,
+        },
     }
 }
 
@@ -76,25 +84,35 @@ pub fn if_match_ok(if_match: &str, cur: &PolicyText) -> bool {
 /// Validates `text` against the current tailnet (parse, names, `tests`) without installing it.
 pub fn check(t: &Tailnet, text: &str) -> Result<(), ApiError> {
     if text.trim().is_empty() {
-        return Err(ApiError::bad_request("the policy is empty: send a HuJSON or JSON object"));
+        return Err(ApiError::bad_request(
+            "the policy is empty: send a HuJSON or JSON object",
+        ));
     }
     t.check_policy(text)?;
     Ok(())
 }
 
 /// Installs a new policy if `if_match` (when given) still names the current one.
-pub fn set(t: &mut Tailnet, text: &str, if_match: Option<&str>, actor: &Actor, now: Timestamp) -> Result<PolicyText, ApiError> {
+pub fn set(
+    t: &mut Tailnet,
+    text: &str,
+    if_match: Option<&str>,
+    actor: &Actor,
+    now: Timestamp,
+) -> Result<PolicyText, ApiError> {
     let cur = current(t);
-    if let Some(m) = if_match {
-        if !if_match_ok(m, &cur) {
-            return Err(ApiError::precondition_failed(format!(
-                "the policy changed since you read it (If-Match {m}, current ETag {}): fetch it again and reapply your change",
-                cur.etag
-            )));
-        }
+    if let Some(m) = if_match
+        && !if_match_ok(m, &cur)
+    {
+        return Err(ApiError::precondition_failed(format!(
+            "the policy changed since you read it (If-Match {m}, current ETag {}): fetch it again and reapply your change",
+            cur.etag
+        )));
     }
     if text.trim().is_empty() {
-        return Err(ApiError::bad_request("the policy is empty: send a HuJSON or JSON object"));
+        return Err(ApiError::bad_request(
+            "the policy is empty: send a HuJSON or JSON object",
+        ));
     }
     t.set_policy(text, actor, now)?;
     Ok(current(t))
@@ -133,17 +151,31 @@ fn policy_response(p: &PolicyText, hujson: bool) -> Result<Response, ApiError> {
         ("application/hujson", p.text.clone())
     } else {
         let v = to_json(&p.text)?;
-        let body = serde_json::to_string_pretty(&v).map_err(|e| ApiError::internal(e.to_string()))?;
+        let body =
+            serde_json::to_string_pretty(&v).map_err(|e| ApiError::internal(e.to_string()))?;
         ("application/json", body + "\n")
     };
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ctype.to_string()), (header::ETAG, p.etag.clone())], body).into_response())
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, ctype.to_string()),
+            (header::ETAG, p.etag.clone()),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 fn body_text(body: &Bytes) -> Result<String, ApiError> {
-    String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("the policy must be UTF-8 text"))
+    String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("the policy must be UTF-8 text"))
 }
 
-pub(super) async fn get_acl(State(shared): State<Arc<Shared>>, _caller: Caller, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(super) async fn get_acl(
+    State(shared): State<Arc<Shared>>,
+    _caller: Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let p = current(&shared.lock().tailnet);
     policy_response(&p, wants_hujson(&headers))
 }
@@ -156,14 +188,28 @@ pub(super) async fn post_acl(
 ) -> Result<Response, ApiError> {
     let text = body_text(&body)?;
     let if_match = match headers.get(header::IF_MATCH) {
-        Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("malformed If-Match header"))?.to_string()),
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("malformed If-Match header"))?
+                .to_string(),
+        ),
         None => None,
     };
-    let p = set(&mut shared.lock().tailnet, &text, if_match.as_deref(), &caller.actor(), Utc::now())?;
+    let p = set(
+        &mut shared.lock().tailnet,
+        &text,
+        if_match.as_deref(),
+        &caller.actor(),
+        Utc::now(),
+    )?;
     policy_response(&p, wants_hujson(&headers))
 }
 
-pub(super) async fn post_validate(State(shared): State<Arc<Shared>>, _caller: Caller, body: Bytes) -> Response {
+pub(super) async fn post_validate(
+    State(shared): State<Arc<Shared>>,
+    _caller: Caller,
+    body: Bytes,
+) -> Response {
     let text = match body_text(&body) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
@@ -182,14 +228,21 @@ mod tests {
 
     #[test]
     fn if_match_forms() {
-        let cur = PolicyText { text: "{}".into(), etag: etag_of("{}"), is_default: false };
+        let cur = PolicyText {
+            text: "{}".into(),
+            etag: etag_of("{}"),
+            is_default: false,
+        };
         assert!(if_match_ok(&cur.etag, &cur));
         assert!(if_match_ok(cur.etag.trim_matches('"'), &cur));
         assert!(if_match_ok(&format!("W/{}", cur.etag), &cur));
         assert!(if_match_ok("\"x\", *", &cur));
         assert!(!if_match_ok("\"x\"", &cur));
         assert!(!if_match_ok("\"ts-default\"", &cur));
-        let def = PolicyText { is_default: true, ..cur };
+        let def = PolicyText {
+            is_default: true,
+            ..cur
+        };
         assert!(if_match_ok("\"ts-default\"", &def));
     }
 

@@ -52,7 +52,9 @@ impl FromRequestParts<Arc<Shared>> for Caller {
             None if token.starts_with("tskey-auth-") => Err(ApiError::unauthorized(
                 "this is an auth key (for devices), not an API key: create one with `control apikeys create`",
             )),
-            None => Err(ApiError::unauthorized("API key invalid, expired or revoked")),
+            None => Err(ApiError::unauthorized(
+                "API key invalid, expired or revoked",
+            )),
         }
     }
 }
@@ -68,12 +70,15 @@ fn token_from_header(value: &str) -> Result<String, ApiError> {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(rest)
             .map_err(|_| ApiError::unauthorized("malformed basic auth credentials"))?;
-        let text = String::from_utf8(raw).map_err(|_| ApiError::unauthorized("malformed basic auth credentials"))?;
+        let text = String::from_utf8(raw)
+            .map_err(|_| ApiError::unauthorized("malformed basic auth credentials"))?;
         // The key is the user name; the password is empty (or ignored).
         let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
         return Ok(user.to_string());
     }
-    Err(ApiError::unauthorized("unsupported Authorization scheme: use Bearer or Basic"))
+    Err(ApiError::unauthorized(
+        "unsupported Authorization scheme: use Bearer or Basic",
+    ))
 }
 
 #[cfg(test)]
@@ -83,10 +88,19 @@ mod tests {
 
     #[test]
     fn bearer_and_basic() {
-        assert_eq!(token_from_header("Bearer tskey-api-k1-s").unwrap(), "tskey-api-k1-s");
-        assert_eq!(token_from_header("bearer  tskey-api-k1-s ").unwrap(), "tskey-api-k1-s");
+        assert_eq!(
+            token_from_header("Bearer tskey-api-k1-s").unwrap(),
+            "tskey-api-k1-s"
+        );
+        assert_eq!(
+            token_from_header("bearer  tskey-api-k1-s ").unwrap(),
+            "tskey-api-k1-s"
+        );
         let basic = base64::engine::general_purpose::STANDARD.encode("tskey-api-k1-s:");
-        assert_eq!(token_from_header(&format!("Basic {basic}")).unwrap(), "tskey-api-k1-s");
+        assert_eq!(
+            token_from_header(&format!("Basic {basic}")).unwrap(),
+            "tskey-api-k1-s"
+        );
         assert!(token_from_header("Digest abc").is_err());
         assert!(token_from_header("Basic %%%").is_err());
     }

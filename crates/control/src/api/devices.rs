@@ -22,8 +22,9 @@ use crate::state::{Actor, Tailnet};
 
 /// Finds a device by id, MagicDNS name or IP.
 pub fn find<'a>(t: &'a Tailnet, what: &str) -> Result<&'a Node, ApiError> {
-    t.find_node(what.trim())
-        .ok_or_else(|| ApiError::not_found(format!("node {what} not found; see `control nodes list`")))
+    t.find_node(what.trim()).ok_or_else(|| {
+        ApiError::not_found(format!("node {what} not found; see `control nodes list`"))
+    })
 }
 
 /// Every device, ordered by id.
@@ -37,7 +38,12 @@ pub fn get(t: &Tailnet, what: &str, now: Timestamp, all: bool) -> Result<Device,
 }
 
 /// Deletes a device; returns how it looked.
-pub fn delete(t: &mut Tailnet, what: &str, actor: &Actor, now: Timestamp) -> Result<Device, ApiError> {
+pub fn delete(
+    t: &mut Tailnet,
+    what: &str,
+    actor: &Actor,
+    now: Timestamp,
+) -> Result<Device, ApiError> {
     let n = find(t, what)?;
     let view = views::device(t, n, now, false);
     let id = n.id;
@@ -46,7 +52,13 @@ pub fn delete(t: &mut Tailnet, what: &str, actor: &Actor, now: Timestamp) -> Res
 }
 
 /// Authorizes a device (device approval). De-authorizing is not supported yet.
-pub fn authorize(t: &mut Tailnet, what: &str, authorized: bool, actor: &Actor, now: Timestamp) -> Result<(), ApiError> {
+pub fn authorize(
+    t: &mut Tailnet,
+    what: &str,
+    authorized: bool,
+    actor: &Actor,
+    now: Timestamp,
+) -> Result<(), ApiError> {
     let n = find(t, what)?;
     if !authorized {
         if !n.authorized {
@@ -62,7 +74,13 @@ pub fn authorize(t: &mut Tailnet, what: &str, authorized: bool, actor: &Actor, n
 }
 
 /// Replaces a device's tags.
-pub fn set_tags(t: &mut Tailnet, what: &str, tags: Vec<String>, actor: &Actor, now: Timestamp) -> Result<(), ApiError> {
+pub fn set_tags(
+    t: &mut Tailnet,
+    what: &str,
+    tags: Vec<String>,
+    actor: &Actor,
+    now: Timestamp,
+) -> Result<(), ApiError> {
     let id = find(t, what)?.id;
     t.set_node_tags(id, tags, actor, now)?;
     Ok(())
@@ -74,7 +92,13 @@ pub fn routes(t: &Tailnet, what: &str) -> Result<DeviceRoutes, ApiError> {
 }
 
 /// Replaces a device's approved ("enabled") routes.
-pub fn set_routes(t: &mut Tailnet, what: &str, routes: &[String], actor: &Actor, now: Timestamp) -> Result<DeviceRoutes, ApiError> {
+pub fn set_routes(
+    t: &mut Tailnet,
+    what: &str,
+    routes: &[String],
+    actor: &Actor,
+    now: Timestamp,
+) -> Result<DeviceRoutes, ApiError> {
     let parsed = parse_routes(routes)?;
     let id = find(t, what)?.id;
     t.set_approved_routes(id, parsed, actor, now)?;
@@ -82,9 +106,9 @@ pub fn set_routes(t: &mut Tailnet, what: &str, routes: &[String], actor: &Actor,
 }
 
 fn routes_of(t: &Tailnet, id: crate::model::NodeId) -> Result<DeviceRoutes, ApiError> {
-    t.node(id)
-        .map(views::device_routes)
-        .ok_or_else(|| ApiError::not_found(format!("node {id} not found; see `control nodes list`")))
+    t.node(id).map(views::device_routes).ok_or_else(|| {
+        ApiError::not_found(format!("node {id} not found; see `control nodes list`"))
+    })
 }
 
 /// Parses route prefixes (`10.0.0.0/24`; a bare address means a host route).
@@ -95,14 +119,24 @@ pub fn parse_routes(routes: &[String]) -> Result<Vec<IpNet>, ApiError> {
             let r = r.trim();
             r.parse::<IpNet>()
                 .or_else(|_| r.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| ApiError::bad_request(format!("invalid route {r:?}: use a prefix like 10.0.0.0/24")))
+                .map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "invalid route {r:?}: use a prefix like 10.0.0.0/24"
+                    ))
+                })
         })
         .collect()
 }
 
 /// Disables (`true`) or re-enables (`false`) key expiry. Re-enabling starts a fresh lifetime
 /// from now (the server's `--node-key-expiry`), since the old expiry time is not kept.
-pub fn set_key_expiry_disabled(t: &mut Tailnet, what: &str, disabled: bool, actor: &Actor, now: Timestamp) -> Result<(), ApiError> {
+pub fn set_key_expiry_disabled(
+    t: &mut Tailnet,
+    what: &str,
+    disabled: bool,
+    actor: &Actor,
+    now: Timestamp,
+) -> Result<(), ApiError> {
     let n = find(t, what)?;
     let id = n.id;
     let expiry = if disabled {
@@ -127,19 +161,33 @@ pub fn expire(t: &mut Tailnet, what: &str, actor: &Actor, now: Timestamp) -> Res
 }
 
 /// Renames a device (its MagicDNS label). A full name in this tailnet's domain is accepted.
-pub fn rename(t: &mut Tailnet, what: &str, name: &str, actor: &Actor, now: Timestamp) -> Result<Device, ApiError> {
+pub fn rename(
+    t: &mut Tailnet,
+    what: &str,
+    name: &str,
+    actor: &Actor,
+    now: Timestamp,
+) -> Result<Device, ApiError> {
     let id = find(t, what)?.id;
     let suffix = format!(".{}", t.config().base_domain);
     let name = name.trim().trim_end_matches('.');
-    let name = name.strip_suffix(suffix.as_str()).unwrap_or(name).to_ascii_lowercase();
+    let name = name
+        .strip_suffix(suffix.as_str())
+        .unwrap_or(name)
+        .to_ascii_lowercase();
     if name.is_empty() {
         return Err(ApiError::bad_request("a new name is required"));
     }
     if let Some(other) = t.nodes().find(|n| n.id != id && n.given_name == name) {
-        return Err(ApiError::conflict(format!("name {name} is already used by node {}", other.id)));
+        return Err(ApiError::conflict(format!(
+            "name {name} is already used by node {}",
+            other.id
+        )));
     }
     t.rename_node(id, &name, actor, now)?;
-    let n = t.node(id).ok_or_else(|| ApiError::not_found(format!("node {id} not found")))?;
+    let n = t
+        .node(id)
+        .ok_or_else(|| ApiError::not_found(format!("node {id} not found")))?;
     Ok(views::device(t, n, now, false))
 }
 
@@ -152,7 +200,9 @@ pub(super) struct FieldsQuery {
 
 impl FieldsQuery {
     fn all(&self) -> bool {
-        self.fields.as_deref().is_some_and(|f| f.split(',').any(|f| f.trim() == "all"))
+        self.fields
+            .as_deref()
+            .is_some_and(|f| f.split(',').any(|f| f.trim() == "all"))
     }
 }
 
@@ -197,7 +247,13 @@ pub(super) async fn post_authorized(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let b: AuthorizedBody = parse_json(&body)?;
-    authorize(&mut shared.lock().tailnet, &id, b.authorized.unwrap_or(true), &caller.actor(), Utc::now())?;
+    authorize(
+        &mut shared.lock().tailnet,
+        &id,
+        b.authorized.unwrap_or(true),
+        &caller.actor(),
+        Utc::now(),
+    )?;
     Ok(Json(json!({})))
 }
 
@@ -213,7 +269,13 @@ pub(super) async fn post_tags(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let b: TagsBody = parse_json(&body)?;
-    set_tags(&mut shared.lock().tailnet, &id, b.tags, &caller.actor(), Utc::now())?;
+    set_tags(
+        &mut shared.lock().tailnet,
+        &id,
+        b.tags,
+        &caller.actor(),
+        Utc::now(),
+    )?;
     Ok(Json(json!({})))
 }
 
@@ -237,7 +299,13 @@ pub(super) async fn post_routes(
     body: Bytes,
 ) -> Result<Json<DeviceRoutes>, ApiError> {
     let b: RoutesBody = parse_json(&body)?;
-    Ok(Json(set_routes(&mut shared.lock().tailnet, &id, &b.routes, &caller.actor(), Utc::now())?))
+    Ok(Json(set_routes(
+        &mut shared.lock().tailnet,
+        &id,
+        &b.routes,
+        &caller.actor(),
+        Utc::now(),
+    )?))
 }
 
 #[derive(Deserialize)]
@@ -255,7 +323,9 @@ pub(super) async fn post_key(
     let b: KeyBody = parse_json(&body)?;
     let mut g = shared.lock();
     match b.key_expiry_disabled {
-        Some(disabled) => set_key_expiry_disabled(&mut g.tailnet, &id, disabled, &caller.actor(), Utc::now())?,
+        Some(disabled) => {
+            set_key_expiry_disabled(&mut g.tailnet, &id, disabled, &caller.actor(), Utc::now())?
+        }
         // An empty body changes nothing, as in Tailscale; the device must still exist.
         None => {
             find(&g.tailnet, &id)?;
@@ -276,7 +346,13 @@ pub(super) async fn post_name(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let b: NameBody = parse_json(&body)?;
-    rename(&mut shared.lock().tailnet, &id, &b.name, &caller.actor(), Utc::now())?;
+    rename(
+        &mut shared.lock().tailnet,
+        &id,
+        &b.name,
+        &caller.actor(),
+        Utc::now(),
+    )?;
     Ok(Json(json!({})))
 }
 

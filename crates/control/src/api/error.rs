@@ -23,7 +23,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), data: None }
+        ApiError {
+            status,
+            message: message.into(),
+            data: None,
+        }
     }
 
     /// 400: the request is malformed or breaks a rule.
@@ -91,8 +95,13 @@ impl IntoResponse for ApiError {
 
 /// Parses a JSON request body, answering 400 with serde's reason (which names the field).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 #[cfg(test)]
@@ -103,7 +112,10 @@ mod tests {
     #[test]
     fn state_errors_map_to_statuses() {
         let nf: ApiError = StateError::NotFound("node 7".into()).into();
-        assert_eq!((nf.status, nf.message.as_str()), (StatusCode::NOT_FOUND, "node 7 not found"));
+        assert_eq!(
+            (nf.status, nf.message.as_str()),
+            (StatusCode::NOT_FOUND, "node 7 not found")
+        );
         let bad: ApiError = StateError::Invalid("bad tag".into()).into();
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         assert_eq!(bad.body(), serde_json::json!({"message": "bad tag"}));

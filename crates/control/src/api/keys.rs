@@ -55,12 +55,20 @@ fn expiry(req: &CreateKeyRequest) -> Result<Option<Duration>, ApiError> {
     match req.expiry_seconds {
         None | Some(0) => Ok(Some(DEFAULT_EXPIRY)),
         Some(s) if s > 0 => Ok(Some(Duration::seconds(s))),
-        Some(s) => Err(ApiError::bad_request(format!("expirySeconds {s} must be positive"))),
+        Some(s) => Err(ApiError::bad_request(format!(
+            "expirySeconds {s} must be positive"
+        ))),
     }
 }
 
 /// Creates an auth key or API key; the answer holds the secret in `key`.
-pub fn create(t: &mut Tailnet, req: CreateKeyRequest, actor: &Actor, now: Timestamp, rng: &mut impl Rng) -> Result<KeyInfo, ApiError> {
+pub fn create(
+    t: &mut Tailnet,
+    req: CreateKeyRequest,
+    actor: &Actor,
+    now: Timestamp,
+    rng: &mut impl Rng,
+) -> Result<KeyInfo, ApiError> {
     let expiry = expiry(&req)?;
     match req.key_type.as_deref().unwrap_or("auth") {
         "auth" => {
@@ -75,13 +83,21 @@ pub fn create(t: &mut Tailnet, req: CreateKeyRequest, actor: &Actor, now: Timest
                 description: req.description,
             };
             let (key, secret) = t.create_auth_key(opts, actor, now, rng)?;
-            Ok(KeyInfo { key: Some(secret), ..views::auth_key(t, &key, now) })
+            Ok(KeyInfo {
+                key: Some(secret),
+                ..views::auth_key(t, &key, now)
+            })
         }
         "api" => {
             let (key, secret) = t.create_api_key(&req.description, expiry, actor, now, rng)?;
-            Ok(KeyInfo { key: Some(secret), ..views::api_key(&key, now) })
+            Ok(KeyInfo {
+                key: Some(secret),
+                ..views::api_key(&key, now)
+            })
         }
-        other => Err(ApiError::bad_request(format!("unknown keyType {other:?}: use \"auth\" or \"api\""))),
+        other => Err(ApiError::bad_request(format!(
+            "unknown keyType {other:?}: use \"auth\" or \"api\""
+        ))),
     }
 }
 
@@ -99,11 +115,20 @@ pub fn get(t: &Tailnet, id: &str, now: Timestamp) -> Result<KeyInfo, ApiError> {
     list(t, now, true)
         .into_iter()
         .find(|k| k.id == id)
-        .ok_or_else(|| ApiError::not_found(format!("key {id} not found; see `control keys list --all` or `control apikeys list`")))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "key {id} not found; see `control keys list --all` or `control apikeys list`"
+            ))
+        })
 }
 
 /// Revokes a key; returns how it looks now.
-pub fn revoke(t: &mut Tailnet, id: &str, actor: &Actor, now: Timestamp) -> Result<KeyInfo, ApiError> {
+pub fn revoke(
+    t: &mut Tailnet,
+    id: &str,
+    actor: &Actor,
+    now: Timestamp,
+) -> Result<KeyInfo, ApiError> {
     let k = get(t, id, now)?;
     if k.revoked.is_some() {
         return Ok(k);
@@ -140,7 +165,13 @@ pub(super) async fn post_key(
     body: Bytes,
 ) -> Result<(StatusCode, Json<KeyInfo>), ApiError> {
     let req: CreateKeyRequest = parse_json(&body)?;
-    let info = create(&mut shared.lock().tailnet, req, &caller.actor(), Utc::now(), &mut rand::thread_rng())?;
+    let info = create(
+        &mut shared.lock().tailnet,
+        req,
+        &caller.actor(),
+        Utc::now(),
+        &mut rand::thread_rng(),
+    )?;
     Ok((StatusCode::OK, Json(info)))
 }
 

@@ -23,8 +23,17 @@ use crate::store::AuditQuery;
 pub const DEFAULT_LIMIT: usize = 100;
 
 /// Reads audit entries, newest first.
-pub fn query(t: &mut Tailnet, since: Option<Timestamp>, limit: Option<usize>, action: Option<String>) -> Result<Vec<LogEntry>, ApiError> {
-    let q = AuditQuery { limit: Some(limit.unwrap_or(DEFAULT_LIMIT)), since, action_prefix: action.filter(|a| !a.is_empty()) };
+pub fn query(
+    t: &mut Tailnet,
+    since: Option<Timestamp>,
+    limit: Option<usize>,
+    action: Option<String>,
+) -> Result<Vec<LogEntry>, ApiError> {
+    let q = AuditQuery {
+        limit: Some(limit.unwrap_or(DEFAULT_LIMIT)),
+        since,
+        action_prefix: action.filter(|a| !a.is_empty()),
+    };
     Ok(t.audit_log(&q)?.iter().map(views::log_entry).collect())
 }
 
@@ -44,7 +53,11 @@ pub(super) async fn get_logs(
     let since = match q.start.as_deref() {
         Some(s) => Some(
             chrono::DateTime::parse_from_rfc3339(s)
-                .map_err(|_| ApiError::bad_request(format!("start {s:?} is not an RFC 3339 time like 2026-01-02T03:04:05Z")))?
+                .map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "start {s:?} is not an RFC 3339 time like 2026-01-02T03:04:05Z"
+                    ))
+                })?
                 .to_utc(),
         ),
         None => None,

@@ -41,22 +41,46 @@ use crate::server::Shared;
 pub fn router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
     presence::spawn_writer(&shared);
     Router::new()
-        .route("/tailnet/{tailnet}/acl", get(acl::get_acl).post(acl::post_acl))
+        .route(
+            "/tailnet/{tailnet}/acl",
+            get(acl::get_acl).post(acl::post_acl),
+        )
         .route("/tailnet/{tailnet}/acl/validate", post(acl::post_validate))
         .route("/tailnet/{tailnet}/devices", get(devices::list_devices))
-        .route("/device/{id}", get(devices::get_device).delete(devices::delete_device))
+        .route(
+            "/device/{id}",
+            get(devices::get_device).delete(devices::delete_device),
+        )
         .route("/device/{id}/authorized", post(devices::post_authorized))
         .route("/device/{id}/tags", post(devices::post_tags))
-        .route("/device/{id}/routes", get(devices::get_routes).post(devices::post_routes))
+        .route(
+            "/device/{id}/routes",
+            get(devices::get_routes).post(devices::post_routes),
+        )
         .route("/device/{id}/key", post(devices::post_key))
         .route("/device/{id}/name", post(devices::post_name))
         .route("/device/{id}/expire", post(devices::post_expire))
-        .route("/tailnet/{tailnet}/keys", get(keys::list_keys).post(keys::post_key))
-        .route("/tailnet/{tailnet}/keys/{key_id}", get(keys::get_key).delete(keys::delete_key))
-        .route("/tailnet/{tailnet}/users", get(users::list_users).post(users::post_user))
-        .route("/users/{id}", get(users::get_user).delete(users::delete_user))
+        .route(
+            "/tailnet/{tailnet}/keys",
+            get(keys::list_keys).post(keys::post_key),
+        )
+        .route(
+            "/tailnet/{tailnet}/keys/{key_id}",
+            get(keys::get_key).delete(keys::delete_key),
+        )
+        .route(
+            "/tailnet/{tailnet}/users",
+            get(users::list_users).post(users::post_user),
+        )
+        .route(
+            "/users/{id}",
+            get(users::get_user).delete(users::delete_user),
+        )
         .route("/users/{id}/delete", post(users::delete_user))
-        .route("/tailnet/{tailnet}/logging/configuration", get(logs::get_logs))
+        .route(
+            "/tailnet/{tailnet}/logging/configuration",
+            get(logs::get_logs),
+        )
         .fallback(not_found)
 }
 

@@ -66,7 +66,11 @@ async fn write_loop(weak: Weak<Shared>, path: PathBuf) {
         let Some(shared) = weak.upgrade() else { return };
         let online: Vec<NodeId> = {
             let g = shared.lock();
-            g.tailnet.nodes().filter(|n| g.tailnet.is_online(n.id)).map(|n| n.id).collect()
+            g.tailnet
+                .nodes()
+                .filter(|n| g.tailnet.is_online(n.id))
+                .map(|n| n.id)
+                .collect()
         };
         drop(shared);
         let now = Utc::now();
@@ -77,7 +81,13 @@ async fn write_loop(weak: Weak<Shared>, path: PathBuf) {
         if !due {
             continue;
         }
-        match write(&path, &Presence { written: now, online: online.clone() }) {
+        match write(
+            &path,
+            &Presence {
+                written: now,
+                online: online.clone(),
+            },
+        ) {
             Ok(()) => last = Some((online, now)),
             Err(e) => {
                 tracing::debug!(error = %e, path = %path.display(), "could not write the presence file");
@@ -105,7 +115,14 @@ mod tests {
         assert_eq!(path_for(&db), dir.path().join("control.db.presence"));
         let now = Utc::now();
         assert_eq!(read(&db, now), None);
-        write(&path_for(&db), &Presence { written: now, online: vec![NodeId(3)] }).unwrap();
+        write(
+            &path_for(&db),
+            &Presence {
+                written: now,
+                online: vec![NodeId(3)],
+            },
+        )
+        .unwrap();
         assert_eq!(read(&db, now), Some([NodeId(3)].into_iter().collect()));
         assert_eq!(read(&db, now + chrono::Duration::seconds(30)), None);
     }

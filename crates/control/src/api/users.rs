@@ -17,16 +17,19 @@ use serde_json::{Value, json};
 use super::views::{self, Device, UserInfo};
 use super::{ApiError, Caller, parse_json};
 use crate::model::{Timestamp, User};
-use crate::state::{Actor, Tailnet};
 use crate::server::Shared;
+use crate::state::{Actor, Tailnet};
 
 /// Finds a user by id or login name.
 pub fn find<'a>(t: &'a Tailnet, what: &str) -> Result<&'a User, ApiError> {
     let what = what.trim();
-    let by_id = what.parse::<i64>().ok().and_then(|id| t.user(crate::model::UserId(id)));
-    by_id
-        .or_else(|| t.user_by_login(what))
-        .ok_or_else(|| ApiError::not_found(format!("user {what} not found; see `control users list`")))
+    let by_id = what
+        .parse::<i64>()
+        .ok()
+        .and_then(|id| t.user(crate::model::UserId(id)));
+    by_id.or_else(|| t.user_by_login(what)).ok_or_else(|| {
+        ApiError::not_found(format!("user {what} not found; see `control users list`"))
+    })
 }
 
 /// Every user, ordered by id.
@@ -49,7 +52,12 @@ pub struct CreateUserRequest {
 }
 
 /// Creates a user.
-pub fn create(t: &mut Tailnet, req: &CreateUserRequest, actor: &Actor, now: Timestamp) -> Result<UserInfo, ApiError> {
+pub fn create(
+    t: &mut Tailnet,
+    req: &CreateUserRequest,
+    actor: &Actor,
+    now: Timestamp,
+) -> Result<UserInfo, ApiError> {
     let login = req.login_name.trim();
     if t.user_by_login(login).is_some() {
         return Err(ApiError::conflict(format!("user {login} already exists")));
@@ -67,18 +75,33 @@ pub struct DeletedUser {
 }
 
 /// Deletes a user, its devices and its auth keys.
-pub fn delete(t: &mut Tailnet, what: &str, actor: &Actor, now: Timestamp) -> Result<DeletedUser, ApiError> {
+pub fn delete(
+    t: &mut Tailnet,
+    what: &str,
+    actor: &Actor,
+    now: Timestamp,
+) -> Result<DeletedUser, ApiError> {
     let u = find(t, what)?.clone();
     let info = views::user(t, &u, now);
-    let devices: Vec<Device> =
-        t.nodes().filter(|n| n.user_id == Some(u.id)).map(|n| views::device(t, n, now, false)).collect();
+    let devices: Vec<Device> = t
+        .nodes()
+        .filter(|n| n.user_id == Some(u.id))
+        .map(|n| views::device(t, n, now, false))
+        .collect();
     t.delete_user(&u.login_name, actor, now)?;
-    Ok(DeletedUser { user: info, deleted_devices: devices })
+    Ok(DeletedUser {
+        user: info,
+        deleted_devices: devices,
+    })
 }
 
 // ----- handlers -----
 
-pub(super) async fn list_users(State(shared): State<Arc<Shared>>, _caller: Caller, Path(_tailnet): Path<String>) -> Json<Value> {
+pub(super) async fn list_users(
+    State(shared): State<Arc<Shared>>,
+    _caller: Caller,
+    Path(_tailnet): Path<String>,
+) -> Json<Value> {
     Json(json!({ "users": list(&shared.lock().tailnet, Utc::now()) }))
 }
 
@@ -89,10 +112,19 @@ pub(super) async fn post_user(
     body: Bytes,
 ) -> Result<Json<UserInfo>, ApiError> {
     let req: CreateUserRequest = parse_json(&body)?;
-    Ok(Json(create(&mut shared.lock().tailnet, &req, &caller.actor(), Utc::now())?))
+    Ok(Json(create(
+        &mut shared.lock().tailnet,
+        &req,
+        &caller.actor(),
+        Utc::now(),
+    )?))
 }
 
-pub(super) async fn get_user(State(shared): State<Arc<Shared>>, _caller: Caller, Path(id): Path<String>) -> Result<Json<UserInfo>, ApiError> {
+pub(super) async fn get_user(
+    State(shared): State<Arc<Shared>>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<UserInfo>, ApiError> {
     Ok(Json(get(&shared.lock().tailnet, &id, Utc::now())?))
 }
 
@@ -101,5 +133,10 @@ pub(super) async fn delete_user(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DeletedUser>, ApiError> {
-    Ok(Json(delete(&mut shared.lock().tailnet, &id, &caller.actor(), Utc::now())?))
+    Ok(Json(delete(
+        &mut shared.lock().tailnet,
+        &id,
+        &caller.actor(),
+        Utc::now(),
+    )?))
 }

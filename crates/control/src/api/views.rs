@@ -229,7 +229,12 @@ pub struct LogEntry {
 pub fn device(t: &Tailnet, n: &Node, now: Timestamp, all: bool) -> Device {
     let online = t.is_online(n.id);
     let hi = &n.hostinfo;
-    let text = |k: &str| hi.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let text = |k: &str| {
+        hi.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let base = &t.config().base_domain;
     let routes = |r: Vec<ipnet::IpNet>| r.into_iter().map(|r| r.to_string()).collect::<Vec<_>>();
     Device {
@@ -247,8 +252,15 @@ pub fn device(t: &Tailnet, n: &Node, now: Timestamp, all: bool) -> Device {
         tags: n.tags.clone(),
         authorized: n.authorized,
         key_expiry_disabled: n.key_expiry.is_none(),
-        expires: n.key_expiry.map(ts).unwrap_or_else(|| ZERO_TIME.to_string()),
-        last_seen: if online { Some(ts(now)) } else { n.last_seen.map(ts) },
+        expires: n
+            .key_expiry
+            .map(ts)
+            .unwrap_or_else(|| ZERO_TIME.to_string()),
+        last_seen: if online {
+            Some(ts(now))
+        } else {
+            n.last_seen.map(ts)
+        },
         os: text("OS"),
         client_version: text("IPNVersion"),
         update_available: false,
@@ -257,7 +269,10 @@ pub fn device(t: &Tailnet, n: &Node, now: Timestamp, all: bool) -> Device {
         node_key: n.node_key.to_string(),
         is_external: false,
         is_ephemeral: n.ephemeral,
-        blocks_incoming_connections: hi.get("ShieldsUp").and_then(Value::as_bool).unwrap_or(false),
+        blocks_incoming_connections: hi
+            .get("ShieldsUp")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         connected_to_control: online,
         online,
         advertised_routes: all.then(|| routes(n.advertised_routes())),
@@ -278,9 +293,17 @@ fn connectivity(n: &Node) -> ClientConnectivity {
     };
     ClientConnectivity {
         endpoints: n.endpoints.clone(),
-        derp: if n.home_derp > 0 { n.home_derp.to_string() } else { String::new() },
+        derp: if n.home_derp > 0 {
+            n.home_derp.to_string()
+        } else {
+            String::new()
+        },
         mapping_varies_by_dest_ip: yes("MappingVariesByDestIP"),
-        latency: ni.get("DERPLatency").and_then(Value::as_object).cloned().unwrap_or_default(),
+        latency: ni
+            .get("DERPLatency")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
         client_supports: ClientSupports {
             hair_pinning: yes("HairPinning"),
             ipv6: flag("WorkingIPv6"),
@@ -308,7 +331,11 @@ pub fn owner_login(t: &Tailnet, n: &Node) -> String {
 /// The routes view of `n`.
 pub fn device_routes(n: &Node) -> DeviceRoutes {
     DeviceRoutes {
-        advertised_routes: n.advertised_routes().iter().map(ToString::to_string).collect(),
+        advertised_routes: n
+            .advertised_routes()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         enabled_routes: n.approved_routes.iter().map(ToString::to_string).collect(),
     }
 }
@@ -337,7 +364,10 @@ pub fn auth_key(t: &Tailnet, k: &AuthKey, now: Timestamp) -> KeyInfo {
             },
         }),
         user_id: k.user_id.map(|u| u.to_string()),
-        user: k.user_id.and_then(|u| t.user(u)).map(|u| u.login_name.clone()),
+        user: k
+            .user_id
+            .and_then(|u| t.user(u))
+            .map(|u| u.login_name.clone()),
         uses: k.uses,
     }
 }
@@ -364,7 +394,11 @@ pub fn api_key(k: &ApiKey, now: Timestamp) -> KeyInfo {
 pub fn user(t: &Tailnet, u: &User, now: Timestamp) -> UserInfo {
     let devices: Vec<&Node> = t.nodes().filter(|n| n.user_id == Some(u.id)).collect();
     let connected = devices.iter().any(|n| t.is_online(n.id));
-    let last_seen = if connected { Some(now) } else { devices.iter().filter_map(|n| n.last_seen).max() };
+    let last_seen = if connected {
+        Some(now)
+    } else {
+        devices.iter().filter_map(|n| n.last_seen).max()
+    };
     UserInfo {
         id: u.id.to_string(),
         display_name: u.display_name.clone(),
@@ -419,7 +453,9 @@ mod tests {
 
     #[test]
     fn times_have_whole_seconds() {
-        let t = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678Z").unwrap().to_utc();
+        let t = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678Z")
+            .unwrap()
+            .to_utc();
         assert_eq!(ts(t), "2026-01-02T03:04:05Z");
     }
 }

@@ -26,7 +26,11 @@ pub struct AuditArgs {
 
 pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
     let now = Utc::now();
-    let since = a.since.as_deref().map(|s| parse_since(s, now)).transpose()?;
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, now))
+        .transpose()?;
     let mut b = a.target.backend().await?;
     let logs = b.audit(since, a.limit, a.action).await?;
     if a.target.json {
@@ -39,7 +43,13 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
             serde_json::Value::Object(o) if o.is_empty() => String::new(),
             d => d.to_string(),
         };
-        t.row(vec![e.event_time.replace('T', " "), e.actor.clone(), e.action.clone(), e.target.clone(), shorten(&detail, 80)]);
+        t.row(vec![
+            e.event_time.replace('T', " "),
+            e.actor.clone(),
+            e.action.clone(),
+            e.target.clone(),
+            shorten(&detail, 80),
+        ]);
     }
     t.print_or("no audit entries match");
     Ok(())
@@ -55,7 +65,9 @@ fn parse_since(s: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
     }
     match control::config::parse_duration(s) {
         Ok(d) => Ok(now - d),
-        Err(_) => anyhow::bail!("--since {s:?}: use a time like 2026-01-31T12:00:00Z, a date like 2026-01-31, or a duration like 24h"),
+        Err(_) => anyhow::bail!(
+            "--since {s:?}: use a time like 2026-01-31T12:00:00Z, a date like 2026-01-31, or a duration like 24h"
+        ),
     }
 }
 
@@ -74,10 +86,23 @@ mod tests {
 
     #[test]
     fn since_forms() {
-        let now = DateTime::parse_from_rfc3339("2026-01-10T12:00:00Z").unwrap().to_utc();
-        assert_eq!(parse_since("24h", now).unwrap().to_rfc3339(), "2026-01-09T12:00:00+00:00");
-        assert_eq!(parse_since("2026-01-02", now).unwrap().to_rfc3339(), "2026-01-02T00:00:00+00:00");
-        assert_eq!(parse_since("2026-01-02T03:04:05Z", now).unwrap().to_rfc3339(), "2026-01-02T03:04:05+00:00");
+        let now = DateTime::parse_from_rfc3339("2026-01-10T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            parse_since("24h", now).unwrap().to_rfc3339(),
+            "2026-01-09T12:00:00+00:00"
+        );
+        assert_eq!(
+            parse_since("2026-01-02", now).unwrap().to_rfc3339(),
+            "2026-01-02T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_since("2026-01-02T03:04:05Z", now)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-01-02T03:04:05+00:00"
+        );
         assert!(parse_since("yesterday", now).is_err());
     }
 }

@@ -25,7 +25,7 @@ use super::remote::{Remote, seg};
 /// The tailnet the commands act on.
 pub enum Backend {
     Local { tailnet: Box<Tailnet>, db: PathBuf },
-    Remote(Remote),
+    Remote(Box<Remote>),
 }
 
 /// Turns an API error into the CLI's error type (the message is already user-facing).
@@ -73,7 +73,10 @@ impl Backend {
                 // Only the server knows who is online; it publishes that next to the database.
                 if let Some(online) = api::presence::read(db, now) {
                     for d in &mut list {
-                        if d.id.parse().is_ok_and(|id| online.contains(&control::model::NodeId(id))) {
+                        if d.id
+                            .parse()
+                            .is_ok_and(|id| online.contains(&control::model::NodeId(id)))
+                        {
                             d.online = true;
                             d.connected_to_control = true;
                             d.last_seen = Some(api::views::ts(now));
@@ -82,26 +85,44 @@ impl Backend {
                 }
                 Ok(list)
             }
-            Backend::Remote(r) => Ok(r.get::<DevicesReply>("/tailnet/-/devices?fields=all").await?.devices),
+            Backend::Remote(r) => Ok(r
+                .get::<DevicesReply>("/tailnet/-/devices?fields=all")
+                .await?
+                .devices),
         }
     }
 
     /// One device by id, name or IP.
     pub async fn device(&mut self, what: &str) -> anyhow::Result<Device> {
         let id = match self {
-            Backend::Local { tailnet, .. } => local(api::devices::find(tailnet, what))?.id.to_string(),
+            Backend::Local { tailnet, .. } => {
+                local(api::devices::find(tailnet, what))?.id.to_string()
+            }
             Backend::Remote(r) => return r.get(&format!("/device/{}?fields=all", seg(what))).await,
         };
         let all = self.devices().await?;
-        all.into_iter().find(|d| d.id == id).with_context(|| format!("node {what} not found; see `control nodes list`"))
+        all.into_iter()
+            .find(|d| d.id == id)
+            .with_context(|| format!("node {what} not found; see `control nodes list`"))
     }
 
     pub async fn approve(&mut self, what: &str) -> anyhow::Result<()> {
         match self {
-            Backend::Local { tailnet, .. } => local(api::devices::authorize(tailnet, what, true, &Self::actor(), Self::now())),
+            Backend::Local { tailnet, .. } => local(api::devices::authorize(
+                tailnet,
+                what,
+                true,
+                &Self::actor(),
+                Self::now(),
+            )),
             Backend::Remote(r) => {
-                let _: serde_json::Value =
-                    r.json(Method::POST, &format!("/device/{}/authorized", seg(what)), Some(&json!({"authorized": true}))).await?;
+                let _: serde_json::Value = r
+                    .json(
+                        Method::POST,
+                        &format!("/device/{}/authorized", seg(what)),
+                        Some(&json!({"authorized": true})),
+                    )
+                    .await?;
                 Ok(())
             }
         }
@@ -109,9 +130,20 @@ impl Backend {
 
     pub async fn expire(&mut self, what: &str) -> anyhow::Result<()> {
         match self {
-            Backend::Local { tailnet, .. } => local(api::devices::expire(tailnet, what, &Self::actor(), Self::now())),
+            Backend::Local { tailnet, .. } => local(api::devices::expire(
+                tailnet,
+                what,
+                &Self::actor(),
+                Self::now(),
+            )),
             Backend::Remote(r) => {
-                let _: serde_json::Value = r.json(Method::POST, &format!("/device/{}/expire", seg(what)), None::<&()>).await?;
+                let _: serde_json::Value = r
+                    .json(
+                        Method::POST,
+                        &format!("/device/{}/expire", seg(what)),
+                        None::<&()>,
+                    )
+                    .await?;
                 Ok(())
             }
         }
@@ -120,10 +152,21 @@ impl Backend {
     /// Deletes a device; returns how it looked.
     pub async fn delete_device(&mut self, what: &str) -> anyhow::Result<Device> {
         match self {
-            Backend::Local { tailnet, .. } => local(api::devices::delete(tailnet, what, &Self::actor(), Self::now())),
+            Backend::Local { tailnet, .. } => local(api::devices::delete(
+                tailnet,
+                what,
+                &Self::actor(),
+                Self::now(),
+            )),
             Backend::Remote(r) => {
                 let d: Device = r.get(&format!("/device/{}", seg(what))).await?;
-                let _: serde_json::Value = r.json(Method::DELETE, &format!("/device/{}", seg(&d.id)), None::<&()>).await?;
+                let _: serde_json::Value = r
+                    .json(
+                        Method::DELETE,
+                        &format!("/device/{}", seg(&d.id)),
+                        None::<&()>,
+                    )
+                    .await?;
                 Ok(d)
             }
         }
@@ -131,10 +174,22 @@ impl Backend {
 
     pub async fn rename(&mut self, what: &str, name: &str) -> anyhow::Result<()> {
         match self {
-            Backend::Local { tailnet, .. } => local(api::devices::rename(tailnet, what, name, &Self::actor(), Self::now())).map(drop),
+            Backend::Local { tailnet, .. } => local(api::devices::rename(
+                tailnet,
+                what,
+                name,
+                &Self::actor(),
+                Self::now(),
+            ))
+            .map(drop),
             Backend::Remote(r) => {
-                let _: serde_json::Value =
-                    r.json(Method::POST, &format!("/device/{}/name", seg(what)), Some(&json!({"name": name}))).await?;
+                let _: serde_json::Value = r
+                    .json(
+                        Method::POST,
+                        &format!("/device/{}/name", seg(what)),
+                        Some(&json!({"name": name})),
+                    )
+                    .await?;
                 Ok(())
             }
         }
@@ -142,10 +197,21 @@ impl Backend {
 
     pub async fn set_tags(&mut self, what: &str, tags: Vec<String>) -> anyhow::Result<()> {
         match self {
-            Backend::Local { tailnet, .. } => local(api::devices::set_tags(tailnet, what, tags, &Self::actor(), Self::now())),
+            Backend::Local { tailnet, .. } => local(api::devices::set_tags(
+                tailnet,
+                what,
+                tags,
+                &Self::actor(),
+                Self::now(),
+            )),
             Backend::Remote(r) => {
-                let _: serde_json::Value =
-                    r.json(Method::POST, &format!("/device/{}/tags", seg(what)), Some(&json!({"tags": tags}))).await?;
+                let _: serde_json::Value = r
+                    .json(
+                        Method::POST,
+                        &format!("/device/{}/tags", seg(what)),
+                        Some(&json!({"tags": tags})),
+                    )
+                    .await?;
                 Ok(())
             }
         }
@@ -158,11 +224,26 @@ impl Backend {
         }
     }
 
-    pub async fn set_routes(&mut self, what: &str, routes: &[String]) -> anyhow::Result<DeviceRoutes> {
+    pub async fn set_routes(
+        &mut self,
+        what: &str,
+        routes: &[String],
+    ) -> anyhow::Result<DeviceRoutes> {
         match self {
-            Backend::Local { tailnet, .. } => local(api::devices::set_routes(tailnet, what, routes, &Self::actor(), Self::now())),
+            Backend::Local { tailnet, .. } => local(api::devices::set_routes(
+                tailnet,
+                what,
+                routes,
+                &Self::actor(),
+                Self::now(),
+            )),
             Backend::Remote(r) => {
-                r.json(Method::POST, &format!("/device/{}/routes", seg(what)), Some(&json!({"routes": routes}))).await
+                r.json(
+                    Method::POST,
+                    &format!("/device/{}/routes", seg(what)),
+                    Some(&json!({"routes": routes})),
+                )
+                .await
             }
         }
     }
@@ -175,25 +256,39 @@ impl Backend {
             Backend::Local { tailnet, .. } => Ok(api::keys::list(tailnet, Self::now(), all)),
             Backend::Remote(r) => {
                 let q = if all { "?all=true" } else { "" };
-                Ok(r.get::<KeysReply>(&format!("/tailnet/-/keys{q}")).await?.keys)
+                Ok(r.get::<KeysReply>(&format!("/tailnet/-/keys{q}"))
+                    .await?
+                    .keys)
             }
         }
     }
 
     pub async fn create_key(&mut self, req: CreateKeyRequest) -> anyhow::Result<KeyInfo> {
         match self {
-            Backend::Local { tailnet, .. } => {
-                local(api::keys::create(tailnet, req, &Self::actor(), Self::now(), &mut rand::thread_rng()))
-            }
+            Backend::Local { tailnet, .. } => local(api::keys::create(
+                tailnet,
+                req,
+                &Self::actor(),
+                Self::now(),
+                &mut rand::thread_rng(),
+            )),
             Backend::Remote(r) => r.json(Method::POST, "/tailnet/-/keys", Some(&req)).await,
         }
     }
 
     pub async fn revoke_key(&mut self, id: &str) -> anyhow::Result<KeyInfo> {
         match self {
-            Backend::Local { tailnet, .. } => local(api::keys::revoke(tailnet, id, &Self::actor(), Self::now())),
+            Backend::Local { tailnet, .. } => {
+                local(api::keys::revoke(tailnet, id, &Self::actor(), Self::now()))
+            }
             Backend::Remote(r) => {
-                let _: serde_json::Value = r.json(Method::DELETE, &format!("/tailnet/-/keys/{}", seg(id)), None::<&()>).await?;
+                let _: serde_json::Value = r
+                    .json(
+                        Method::DELETE,
+                        &format!("/tailnet/-/keys/{}", seg(id)),
+                        None::<&()>,
+                    )
+                    .await?;
                 r.get(&format!("/tailnet/-/keys/{}", seg(id))).await
             }
         }
@@ -210,15 +305,32 @@ impl Backend {
 
     pub async fn create_user(&mut self, req: CreateUserRequest) -> anyhow::Result<UserInfo> {
         match self {
-            Backend::Local { tailnet, .. } => local(api::users::create(tailnet, &req, &Self::actor(), Self::now())),
+            Backend::Local { tailnet, .. } => local(api::users::create(
+                tailnet,
+                &req,
+                &Self::actor(),
+                Self::now(),
+            )),
             Backend::Remote(r) => r.json(Method::POST, "/tailnet/-/users", Some(&req)).await,
         }
     }
 
     pub async fn delete_user(&mut self, what: &str) -> anyhow::Result<DeletedUser> {
         match self {
-            Backend::Local { tailnet, .. } => local(api::users::delete(tailnet, what, &Self::actor(), Self::now())),
-            Backend::Remote(r) => r.json(Method::POST, &format!("/users/{}/delete", seg(what)), None::<&()>).await,
+            Backend::Local { tailnet, .. } => local(api::users::delete(
+                tailnet,
+                what,
+                &Self::actor(),
+                Self::now(),
+            )),
+            Backend::Remote(r) => {
+                r.json(
+                    Method::POST,
+                    &format!("/users/{}/delete", seg(what)),
+                    None::<&()>,
+                )
+                .await
+            }
         }
     }
 
@@ -229,22 +341,49 @@ impl Backend {
         match self {
             Backend::Local { tailnet, .. } => Ok(api::acl::current(tailnet)),
             Backend::Remote(r) => {
-                let reply = r.send(Method::GET, "/tailnet/-/acl", None, &[("accept", "application/hujson")]).await?;
+                let reply = r
+                    .send(
+                        Method::GET,
+                        "/tailnet/-/acl",
+                        None,
+                        &[("accept", "application/hujson")],
+                    )
+                    .await?;
                 Self::policy_reply(reply)
             }
         }
     }
 
     fn policy_reply(reply: super::remote::Reply) -> anyhow::Result<PolicyText> {
-        let text = String::from_utf8(reply.body.to_vec()).context("the server sent a policy that is not UTF-8")?;
-        let etag = reply.headers.get(header::ETAG).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let text = String::from_utf8(reply.body.to_vec())
+            .context("the server sent a policy that is not UTF-8")?;
+        let etag = reply
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let is_default = text == api::acl::DEFAULT_POLICY;
-        Ok(PolicyText { text, etag, is_default })
+        Ok(PolicyText {
+            text,
+            etag,
+            is_default,
+        })
     }
 
-    pub async fn set_policy(&mut self, text: &str, if_match: Option<&str>) -> anyhow::Result<PolicyText> {
+    pub async fn set_policy(
+        &mut self,
+        text: &str,
+        if_match: Option<&str>,
+    ) -> anyhow::Result<PolicyText> {
         match self {
-            Backend::Local { tailnet, .. } => local(api::acl::set(tailnet, text, if_match, &Self::actor(), Self::now())),
+            Backend::Local { tailnet, .. } => local(api::acl::set(
+                tailnet,
+                text,
+                if_match,
+                &Self::actor(),
+                Self::now(),
+            )),
             Backend::Remote(r) => {
                 let mut extra = vec![("accept", "application/hujson")];
                 if let Some(m) = if_match {
@@ -265,7 +404,14 @@ impl Backend {
                 if text.trim().is_empty() {
                     anyhow::bail!("the policy is empty: send a HuJSON or JSON object");
                 }
-                let reply = r.send(Method::POST, "/tailnet/-/acl/validate", Some(("application/hujson", text.as_bytes().to_vec())), &[]).await?;
+                let reply = r
+                    .send(
+                        Method::POST,
+                        "/tailnet/-/acl/validate",
+                        Some(("application/hujson", text.as_bytes().to_vec())),
+                        &[],
+                    )
+                    .await?;
                 let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
                 match v.get("message").and_then(|m| m.as_str()) {
                     Some(m) if !m.is_empty() => Err(anyhow::anyhow!("{m}")),
@@ -277,9 +423,16 @@ impl Backend {
 
     // ----- audit -----
 
-    pub async fn audit(&mut self, since: Option<Timestamp>, limit: usize, action: Option<String>) -> anyhow::Result<Vec<LogEntry>> {
+    pub async fn audit(
+        &mut self,
+        since: Option<Timestamp>,
+        limit: usize,
+        action: Option<String>,
+    ) -> anyhow::Result<Vec<LogEntry>> {
         match self {
-            Backend::Local { tailnet, .. } => local(api::logs::query(tailnet, since, Some(limit), action)),
+            Backend::Local { tailnet, .. } => {
+                local(api::logs::query(tailnet, since, Some(limit), action))
+            }
             Backend::Remote(r) => {
                 let mut q = format!("?limit={limit}");
                 if let Some(s) = since {
@@ -288,7 +441,11 @@ impl Backend {
                 if let Some(a) = action {
                     q.push_str(&format!("&action={}", seg(&a)));
                 }
-                Ok(r.get::<LogsReply>(&format!("/tailnet/-/logging/configuration{q}")).await?.logs)
+                Ok(
+                    r.get::<LogsReply>(&format!("/tailnet/-/logging/configuration{q}"))
+                        .await?
+                        .logs,
+                )
             }
         }
     }

@@ -111,7 +111,12 @@ pub async fn run_keys(a: KeysArgs) -> anyhow::Result<()> {
                         reusable: c.reusable,
                         ephemeral: c.ephemeral,
                         preauthorized: c.preauthorized,
-                        tags: c.tags.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+                        tags: c
+                            .tags
+                            .into_iter()
+                            .map(|t| t.trim().to_string())
+                            .filter(|t| !t.is_empty())
+                            .collect(),
                     },
                 },
             };
@@ -119,8 +124,17 @@ pub async fn run_keys(a: KeysArgs) -> anyhow::Result<()> {
             print_created(&k, json)
         }
         KeysCmd::List { all } => {
-            let keys: Vec<KeyInfo> = b.keys(all).await?.into_iter().filter(|k| k.key_type == "auth").collect();
-            print_list(&keys, json, "no auth keys; create one with `control keys create`")
+            let keys: Vec<KeyInfo> = b
+                .keys(all)
+                .await?
+                .into_iter()
+                .filter(|k| k.key_type == "auth")
+                .collect();
+            print_list(
+                &keys,
+                json,
+                "no auth keys; create one with `control keys create`",
+            )
         }
         KeysCmd::Revoke { id } => {
             let k = b.revoke_key(&id).await?;
@@ -133,13 +147,25 @@ pub async fn run_api_keys(a: ApiKeysArgs) -> anyhow::Result<()> {
     let mut b = a.target.backend().await?;
     let json = a.target.json;
     match a.cmd {
-        ApiKeysCmd::Create { description, expiry } => {
+        ApiKeysCmd::Create {
+            description,
+            expiry,
+        } => {
             let k = b.create_key(request("api", &expiry, description)?).await?;
             print_created(&k, json)
         }
         ApiKeysCmd::List { all } => {
-            let keys: Vec<KeyInfo> = b.keys(all).await?.into_iter().filter(|k| k.key_type == "api").collect();
-            print_list(&keys, json, "no API keys; create one with `control apikeys create`")
+            let keys: Vec<KeyInfo> = b
+                .keys(all)
+                .await?
+                .into_iter()
+                .filter(|k| k.key_type == "api")
+                .collect();
+            print_list(
+                &keys,
+                json,
+                "no API keys; create one with `control apikeys create`",
+            )
         }
         ApiKeysCmd::Revoke { id } => {
             let k = b.revoke_key(&id).await?;
@@ -190,8 +216,17 @@ fn print_created(k: &KeyInfo, json: bool) -> anyhow::Result<()> {
         anyhow::bail!("the server did not return the new key's secret");
     };
     println!("{secret}");
-    let kind = if k.key_type == "api" { "API key" } else { "auth key" };
-    eprintln!("{kind} {} created ({}); expires {}", k.id, summary(k), when(k.expires.as_deref(), Utc::now()));
+    let kind = if k.key_type == "api" {
+        "API key"
+    } else {
+        "auth key"
+    };
+    eprintln!(
+        "{kind} {} created ({}); expires {}",
+        k.id,
+        summary(k),
+        when(k.expires.as_deref(), Utc::now())
+    );
     eprintln!("the key is shown only this once; store it safely");
     Ok(())
 }
@@ -201,12 +236,24 @@ fn print_list(keys: &[KeyInfo], json: bool, empty: &str) -> anyhow::Result<()> {
         return output::json(&keys);
     }
     let now = Utc::now();
-    let mut t = Table::new(&["ID", "KIND", "USES", "CREATED", "EXPIRES", "STATUS", "DESCRIPTION"]);
+    let mut t = Table::new(&[
+        "ID",
+        "KIND",
+        "USES",
+        "CREATED",
+        "EXPIRES",
+        "STATUS",
+        "DESCRIPTION",
+    ]);
     for k in keys {
         t.row(vec![
             k.id.clone(),
             summary(k),
-            if k.key_type == "api" { "-".into() } else { k.uses.to_string() },
+            if k.key_type == "api" {
+                "-".into()
+            } else {
+                k.uses.to_string()
+            },
             when(Some(&k.created), now),
             when(k.expires.as_deref(), now),
             status(k, now).into(),
@@ -221,7 +268,11 @@ fn print_revoked(k: &KeyInfo, json: bool) -> anyhow::Result<()> {
     if json {
         return output::json(k);
     }
-    let kind = if k.key_type == "api" { "API key" } else { "auth key" };
+    let kind = if k.key_type == "api" {
+        "API key"
+    } else {
+        "auth key"
+    };
     println!("revoked {kind} {}", k.id);
     Ok(())
 }

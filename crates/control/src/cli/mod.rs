@@ -72,7 +72,7 @@ impl Target {
     async fn backend(&self) -> anyhow::Result<Backend> {
         if let Some(url) = &self.server {
             let remote = remote::Remote::new(url, self.api_key.as_deref().unwrap_or_default())?;
-            return Ok(Backend::Remote(remote));
+            return Ok(Backend::Remote(Box::new(remote)));
         }
         let args = control::config::ServeArgs {
             config: self.config.clone(),
@@ -83,11 +83,17 @@ impl Target {
         let settings = args.resolve()?;
         let db = settings.db;
         let store = SqliteStore::open(&db).with_context(|| {
-            format!("cannot open the database {} (pass --db PATH or set CONTROL_DB, or use --server)", db.display())
+            format!(
+                "cannot open the database {} (pass --db PATH or set CONTROL_DB, or use --server)",
+                db.display()
+            )
         })?;
         let tailnet = Tailnet::load(Box::new(store), settings.tailnet)
             .with_context(|| format!("cannot load the tailnet from {}", db.display()))?;
-        Ok(Backend::Local { tailnet: Box::new(tailnet), db })
+        Ok(Backend::Local {
+            tailnet: Box::new(tailnet),
+            db,
+        })
     }
 }
 
@@ -108,6 +114,8 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
 fn parse_expiry(s: &str) -> anyhow::Result<Option<chrono::Duration>> {
     match s.trim() {
         "never" | "0" => Ok(None),
-        s => control::config::parse_duration(s).map(Some).map_err(|e| anyhow::anyhow!("--expiry {e}")),
+        s => control::config::parse_duration(s)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("--expiry {e}")),
     }
 }

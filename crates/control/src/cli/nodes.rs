@@ -100,9 +100,15 @@ pub async fn run_nodes(a: NodesArgs) -> anyhow::Result<()> {
             done(&b.device(&id).await?, "renamed", json)
         }
         NodesCmd::Tag { node, tags, clear } => {
-            let tags: Vec<String> = tags.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+            let tags: Vec<String> = tags
+                .into_iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
             if tags.is_empty() && !clear {
-                anyhow::bail!("give the tags, e.g. `control nodes tag {node} tag:server`, or --clear to remove all");
+                anyhow::bail!(
+                    "give the tags, e.g. `control nodes tag {node} tag:server`, or --clear to remove all"
+                );
             }
             let id = b.device(&node).await?.id;
             b.set_tags(&id, tags).await?;
@@ -115,13 +121,21 @@ fn done(d: &Device, what: &str, json: bool) -> anyhow::Result<()> {
     if json {
         return output::json(d);
     }
-    let tags = if d.tags.is_empty() { String::new() } else { format!(", tags {}", d.tags.join(",")) };
+    let tags = if d.tags.is_empty() {
+        String::new()
+    } else {
+        format!(", tags {}", d.tags.join(","))
+    };
     println!("{what} node {} (id {}{tags})", d.short_name(), d.id);
     Ok(())
 }
 
 fn owner(d: &Device) -> String {
-    if d.tags.is_empty() { d.user.clone() } else { d.tags.join(",") }
+    if d.tags.is_empty() {
+        d.user.clone()
+    } else {
+        d.tags.join(",")
+    }
 }
 
 fn state(d: &Device, now: chrono::DateTime<Utc>) -> String {
@@ -142,15 +156,34 @@ fn state(d: &Device, now: chrono::DateTime<Utc>) -> String {
 
 fn print_devices(devices: &[Device]) {
     let now = Utc::now();
-    let mut t = Table::new(&["ID", "NAME", "ADDRESS", "OWNER", "OS", "LAST SEEN", "KEY EXPIRES", "STATE"]);
+    let mut t = Table::new(&[
+        "ID",
+        "NAME",
+        "ADDRESS",
+        "OWNER",
+        "OS",
+        "LAST SEEN",
+        "KEY EXPIRES",
+        "STATE",
+    ]);
     for d in devices {
         t.row(vec![
             d.id.clone(),
             d.short_name().to_string(),
             d.addresses.first().cloned().unwrap_or_else(|| "-".into()),
             owner(d),
-            if d.os.is_empty() { "-".into() } else { d.os.clone() },
-            if d.online { "now".into() } else { d.last_seen.as_deref().map_or("-".into(), |s| when(Some(s), now)) },
+            if d.os.is_empty() {
+                "-".into()
+            } else {
+                d.os.clone()
+            },
+            if d.online {
+                "now".into()
+            } else {
+                d.last_seen
+                    .as_deref()
+                    .map_or("-".into(), |s| when(Some(s), now))
+            },
             when(Some(&d.expires), now),
             state(d, now),
         ]);
@@ -193,7 +226,12 @@ pub async fn run_routes(a: RoutesArgs) -> anyhow::Result<()> {
             print_routes(&rows);
             Ok(())
         }
-        RoutesCmd::Approve { node, routes, all, replace } => {
+        RoutesCmd::Approve {
+            node,
+            routes,
+            all,
+            replace,
+        } => {
             let current = b.routes(&node).await?;
             let wanted = approved_after(&current, &routes, all, replace);
             let d = b.device(&node).await?;
@@ -201,18 +239,33 @@ pub async fn run_routes(a: RoutesArgs) -> anyhow::Result<()> {
             if json {
                 return output::json(&after);
             }
-            let pending: Vec<String> =
-                after.advertised_routes.iter().filter(|r| !after.enabled_routes.contains(r)).cloned().collect();
-            println!("node {}: approved {}", d.short_name(), list(&after.enabled_routes));
+            let pending: Vec<String> = after
+                .advertised_routes
+                .iter()
+                .filter(|r| !after.enabled_routes.contains(r))
+                .cloned()
+                .collect();
+            println!(
+                "node {}: approved {}",
+                d.short_name(),
+                list(&after.enabled_routes)
+            );
             if !pending.is_empty() {
                 eprintln!("still waiting for approval: {}", pending.join(","));
             }
-            let unadvertised: Vec<&String> =
-                after.enabled_routes.iter().filter(|r| !after.advertised_routes.contains(r)).collect();
+            let unadvertised: Vec<&String> = after
+                .enabled_routes
+                .iter()
+                .filter(|r| !after.advertised_routes.contains(r))
+                .collect();
             if !unadvertised.is_empty() {
                 eprintln!(
                     "note: {} approved but not advertised by the device; they take effect once it advertises them",
-                    unadvertised.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+                    unadvertised
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 );
             }
             Ok(())
@@ -221,16 +274,36 @@ pub async fn run_routes(a: RoutesArgs) -> anyhow::Result<()> {
 }
 
 /// The approved list after `routes approve`.
-fn approved_after(current: &DeviceRoutes, routes: &[String], all: bool, replace: bool) -> Vec<String> {
-    let mut add: Vec<String> = if all { current.advertised_routes.clone() } else { routes.to_vec() };
-    add = add.into_iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
+fn approved_after(
+    current: &DeviceRoutes,
+    routes: &[String],
+    all: bool,
+    replace: bool,
+) -> Vec<String> {
+    let mut add: Vec<String> = if all {
+        current.advertised_routes.clone()
+    } else {
+        routes.to_vec()
+    };
+    add = add
+        .into_iter()
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .collect();
     // Exit nodes carry both address families.
     for (a, b) in [("0.0.0.0/0", "::/0"), ("::/0", "0.0.0.0/0")] {
-        if add.iter().any(|r| r == a) && current.advertised_routes.iter().any(|r| r == b) && !add.iter().any(|r| r == b) {
+        if add.iter().any(|r| r == a)
+            && current.advertised_routes.iter().any(|r| r == b)
+            && !add.iter().any(|r| r == b)
+        {
             add.push(b.to_string());
         }
     }
-    let mut out = if replace { Vec::new() } else { current.enabled_routes.clone() };
+    let mut out = if replace {
+        Vec::new()
+    } else {
+        current.enabled_routes.clone()
+    };
     for r in add {
         if !out.contains(&r) {
             out.push(r);
@@ -242,7 +315,11 @@ fn approved_after(current: &DeviceRoutes, routes: &[String], all: bool, replace:
 fn print_routes(rows: &[RouteRow]) {
     let mut t = Table::new(&["NODE", "ID", "ROUTE", "ADVERTISED", "APPROVED", "SERVING"]);
     for r in rows {
-        let mut all: Vec<&String> = r.advertised_routes.iter().chain(&r.enabled_routes).collect();
+        let mut all: Vec<&String> = r
+            .advertised_routes
+            .iter()
+            .chain(&r.enabled_routes)
+            .collect();
         all.sort();
         all.dedup();
         for route in all {
@@ -259,7 +336,14 @@ fn print_routes(rows: &[RouteRow]) {
                 "standby"
             };
             let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
-            t.row(vec![r.name.clone(), r.id.clone(), route.clone(), yes(adv), yes(ok), serving.into()]);
+            t.row(vec![
+                r.name.clone(),
+                r.id.clone(),
+                route.clone(),
+                yes(adv),
+                yes(ok),
+                serving.into(),
+            ]);
         }
     }
     t.print_or("no device advertises routes");
@@ -279,8 +363,14 @@ mod tests {
     #[test]
     fn approve_adds_and_pairs_exit_routes() {
         let cur = routes(&["10.0.0.0/24", "0.0.0.0/0", "::/0"], &["10.0.0.0/24"]);
-        assert_eq!(approved_after(&cur, &["0.0.0.0/0".into()], false, false), ["10.0.0.0/24", "0.0.0.0/0", "::/0"]);
+        assert_eq!(
+            approved_after(&cur, &["0.0.0.0/0".into()], false, false),
+            ["10.0.0.0/24", "0.0.0.0/0", "::/0"]
+        );
         assert_eq!(approved_after(&cur, &[], false, true), Vec::<String>::new());
-        assert_eq!(approved_after(&cur, &[], true, false), ["10.0.0.0/24", "0.0.0.0/0", "::/0"]);
+        assert_eq!(
+            approved_after(&cur, &[], true, false),
+            ["10.0.0.0/24", "0.0.0.0/0", "::/0"]
+        );
     }
 }

@@ -16,7 +16,9 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
-        Table { rows: vec![header.iter().map(|h| h.to_string()).collect()] }
+        Table {
+            rows: vec![header.iter().map(|h| h.to_string()).collect()],
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -27,7 +29,14 @@ impl Table {
     pub fn render(&self) -> String {
         let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..cols)
-            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let mut out = String::new();
         for r in &self.rows {
@@ -83,12 +92,20 @@ pub fn when(t: Option<&str>, now: DateTime<Utc>) -> String {
         7_200..=172_799 => format!("{}h", n / 3_600),
         _ => format!("{}d", n / 86_400),
     };
-    if future { format!("in {amount}") } else { format!("{amount} ago") }
+    if future {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
 }
 
 /// A list for a table cell: comma-separated, `-` when empty.
 pub fn list(items: &[String]) -> String {
-    if items.is_empty() { "-".into() } else { items.join(",") }
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +123,9 @@ mod tests {
 
     #[test]
     fn relative_times() {
-        let now = DateTime::parse_from_rfc3339("2026-01-10T00:00:00Z").unwrap().to_utc();
+        let now = DateTime::parse_from_rfc3339("2026-01-10T00:00:00Z")
+            .unwrap()
+            .to_utc();
         assert_eq!(when(Some("2026-01-09T23:57:00Z"), now), "3m ago");
         assert_eq!(when(Some("2026-04-10T00:00:00Z"), now), "in 90d");
         assert_eq!(when(Some(ZERO_TIME), now), "never");

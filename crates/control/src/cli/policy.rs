@@ -42,10 +42,13 @@ enum PolicyCmd {
 fn read(file: &Path) -> anyhow::Result<String> {
     if file == Path::new("-") {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read the policy from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the policy from stdin")?;
         return Ok(s);
     }
-    std::fs::read_to_string(file).with_context(|| format!("cannot read policy file {}", file.display()))
+    std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read policy file {}", file.display()))
 }
 
 fn print_json(p: &PolicyText) -> anyhow::Result<()> {
@@ -72,9 +75,18 @@ pub async fn run(a: PolicyArgs) -> anyhow::Result<()> {
         }
         PolicyCmd::Set { file, if_match } => {
             let text = read(&file)?;
-            let p = a.target.backend().await?.set_policy(&text, if_match.as_deref()).await.with_context(|| {
-                format!("policy from {} refused; the previous policy stays in force", file.display())
-            })?;
+            let p = a
+                .target
+                .backend()
+                .await?
+                .set_policy(&text, if_match.as_deref())
+                .await
+                .with_context(|| {
+                    format!(
+                        "policy from {} refused; the previous policy stays in force",
+                        file.display()
+                    )
+                })?;
             if json {
                 return print_json(&p);
             }
@@ -83,11 +95,19 @@ pub async fn run(a: PolicyArgs) -> anyhow::Result<()> {
         }
         PolicyCmd::Check { file } => {
             let text = read(&file)?;
-            a.target.backend().await?.check_policy(&text).await.with_context(|| format!("{} is not a valid policy", file.display()))?;
+            a.target
+                .backend()
+                .await?
+                .check_policy(&text)
+                .await
+                .with_context(|| format!("{} is not a valid policy", file.display()))?;
             if json {
                 return output::json(&json!({ "ok": true }));
             }
-            println!("{}: policy OK (parses, and its tests pass against the current tailnet)", file.display());
+            println!(
+                "{}: policy OK (parses, and its tests pass against the current tailnet)",
+                file.display()
+            );
             Ok(())
         }
     }

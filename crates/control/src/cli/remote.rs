@@ -28,7 +28,9 @@ pub struct Remote {
 // The API key must not reach logs.
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Remote").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("Remote")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,22 +43,40 @@ pub struct Reply {
 impl Remote {
     /// A client for the server at `url` (e.g. `http://127.0.0.1:8080`).
     pub fn new(url: &str, api_key: &str) -> anyhow::Result<Self> {
-        let base = url.trim().trim_end_matches('/').trim_end_matches("/api/v2").to_string();
+        let base = url
+            .trim()
+            .trim_end_matches('/')
+            .trim_end_matches("/api/v2")
+            .to_string();
         if base.starts_with("https://") {
-            bail!("--server {url}: https:// is not supported by the admin commands yet; use the server's http:// listen address, or --db on the server host");
+            bail!(
+                "--server {url}: https:// is not supported by the admin commands yet; use the server's http:// listen address, or --db on the server host"
+            );
         }
         if !base.starts_with("http://") {
             bail!("--server {url:?} is not a URL like http://127.0.0.1:8080");
         }
         if api_key.trim().is_empty() {
-            bail!("--server needs an API key: pass --api-key or set CONTROL_API_KEY (create one with `control apikeys create --db <db>` on the server host)");
+            bail!(
+                "--server needs an API key: pass --api-key or set CONTROL_API_KEY (create one with `control apikeys create --db <db>` on the server host)"
+            );
         }
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(Remote { base, api_key: api_key.trim().to_string(), client })
+        Ok(Remote {
+            base,
+            api_key: api_key.trim().to_string(),
+            client,
+        })
     }
 
     /// Sends a request to `/api/v2{path}`; non-2xx answers are errors.
-    pub async fn send(&self, method: Method, path: &str, body: Option<(&str, Vec<u8>)>, extra: &[(&str, &str)]) -> anyhow::Result<Reply> {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
         let url = format!("{}/api/v2{path}", self.base);
         let mut req = Request::builder()
             .method(method.clone())
@@ -72,16 +92,28 @@ impl Remote {
             }
             None => Bytes::new(),
         };
-        let req = req.body(Full::new(payload)).with_context(|| format!("invalid request URL {url}"))?;
+        let req = req
+            .body(Full::new(payload))
+            .with_context(|| format!("invalid request URL {url}"))?;
         let resp = tokio::time::timeout(TIMEOUT, self.client.request(req))
             .await
             .map_err(|_| anyhow!("{method} {url}: no answer within {}s", TIMEOUT.as_secs()))?
-            .map_err(|e| anyhow!("cannot reach the server at {}: {e} (is `control serve` running there?)", self.base))?;
+            .map_err(|e| {
+                anyhow!(
+                    "cannot reach the server at {}: {e} (is `control serve` running there?)",
+                    self.base
+                )
+            })?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
             .await
-            .map_err(|_| anyhow!("{method} {url}: the answer did not finish within {}s", TIMEOUT.as_secs()))?
+            .map_err(|_| {
+                anyhow!(
+                    "{method} {url}: the answer did not finish within {}s",
+                    TIMEOUT.as_secs()
+                )
+            })?
             .with_context(|| format!("{method} {url}: reading the answer failed"))?
             .to_bytes();
         if !status.is_success() {
@@ -91,13 +123,19 @@ impl Remote {
     }
 
     /// Sends an optional JSON body and parses a JSON answer.
-    pub async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> anyhow::Result<T> {
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
         let body = match body {
             Some(b) => Some(("application/json", serde_json::to_vec(b)?)),
             None => None,
         };
         let reply = self.send(method, path, body, &[]).await?;
-        serde_json::from_slice(&reply.body).with_context(|| format!("the server's answer to {path} is not the JSON expected"))
+        serde_json::from_slice(&reply.body)
+            .with_context(|| format!("the server's answer to {path} is not the JSON expected"))
     }
 
     /// GET `path` as JSON.
@@ -109,7 +147,11 @@ impl Remote {
 fn http_error(status: StatusCode, body: &[u8]) -> anyhow::Error {
     let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
     if status == StatusCode::UNAUTHORIZED {
         return anyhow!("{message} (HTTP 401; check --api-key / CONTROL_API_KEY)");

@@ -36,13 +36,24 @@ pub async fn run(a: UsersArgs) -> anyhow::Result<()> {
     let mut b = a.target.backend().await?;
     let json = a.target.json;
     match a.cmd {
-        UsersCmd::Create { login, display_name } => {
-            let u = b.create_user(CreateUserRequest { login_name: login, display_name }).await?;
+        UsersCmd::Create {
+            login,
+            display_name,
+        } => {
+            let u = b
+                .create_user(CreateUserRequest {
+                    login_name: login,
+                    display_name,
+                })
+                .await?;
             if json {
                 return output::json(&u);
             }
             println!("created user {} (id {})", u.login_name, u.id);
-            eprintln!("make a key for their devices with `control keys create --user {}`", u.login_name);
+            eprintln!(
+                "make a key for their devices with `control keys create --user {}`",
+                u.login_name
+            );
             Ok(())
         }
         UsersCmd::List => {
@@ -58,7 +69,13 @@ pub async fn run(a: UsersArgs) -> anyhow::Result<()> {
                     u.login_name.clone(),
                     u.display_name.clone(),
                     u.device_count.to_string(),
-                    if u.currently_connected { "now".into() } else { u.last_seen.as_deref().map_or("-".into(), |s| when(Some(s), now)) },
+                    if u.currently_connected {
+                        "now".into()
+                    } else {
+                        u.last_seen
+                            .as_deref()
+                            .map_or("-".into(), |s| when(Some(s), now))
+                    },
                     when(Some(&u.created), now),
                 ]);
             }
@@ -74,7 +91,12 @@ pub async fn run(a: UsersArgs) -> anyhow::Result<()> {
             if names.is_empty() {
                 println!("deleted user {}", d.user.login_name);
             } else {
-                println!("deleted user {} and {} device(s): {}", d.user.login_name, names.len(), names.join(", "));
+                println!(
+                    "deleted user {} and {} device(s): {}",
+                    d.user.login_name,
+                    names.len(),
+                    names.join(", ")
+                );
             }
             Ok(())
         }

@@ -48,12 +48,23 @@ pub struct NetMap {
 pub struct MapInputs {
     pub derp_map: Arc<DerpMap>,
     pub dns: Arc<DnsConfig>,
+    /// Home region announced for peers that have not reported one yet: with a single relay
+    /// region every client homes there, and announcing it early lets the first packets flow
+    /// over DERP instead of waiting for the peer's NetInfo.
+    pub default_home_derp: i32,
 }
 
 impl MapInputs {
     /// Builds the shared inputs from settings.
     pub fn new(derp_map: DerpMap, dns: &DnsSettings, base_domain: &str) -> Self {
-        MapInputs { derp_map: Arc::new(derp_map), dns: Arc::new(dns_config(dns, base_domain)) }
+        let relays: Vec<i32> = derp_map
+            .regions
+            .values()
+            .filter(|r| r.nodes.iter().any(|n| !n.stun_only))
+            .map(|r| r.region_id)
+            .collect();
+        let default_home_derp = if relays.len() == 1 { relays[0] } else { 0 };
+        MapInputs { derp_map: Arc::new(derp_map), dns: Arc::new(dns_config(dns, base_domain)), default_home_derp }
     }
 }
 
@@ -87,13 +98,13 @@ pub struct Cache {
 }
 
 impl Cache {
-    fn refresh(&mut self, t: &Tailnet, now: Timestamp) {
+    fn refresh(&mut self, t: &Tailnet, now: Timestamp, default_home_derp: i32) {
         if self.generation == Some(t.generation()) {
             return;
         }
         let mut next = BTreeMap::new();
         for n in t.nodes() {
-            let built = base_node(t, n, now);
+            let built = base_node(t, n, now, default_home_derp);
             // Keep the old Arc when nothing changed so that deltas compare pointers.
             let arc = match self.base.get(&n.id) {
                 Some(old) if **old == built => Arc::clone(old),
@@ -109,7 +120,7 @@ impl Cache {
 /// Builds the map of node `id`, or `None` if the node no longer exists.
 pub fn build(t: &mut Tailnet, cache: &mut Cache, inputs: &MapInputs, id: NodeId, now: Timestamp) -> Option<NetMap> {
     let compiled = t.compiled(now);
-    cache.refresh(t, now);
+    cache.refresh(t, now, inputs.default_home_derp);
     let me = t.node(id)?.clone();
     let base = cache.base.get(&id)?;
     let mut node = (**base).clone();
@@ -125,7 +136,9 @@ pub fn build(t: &mut Tailnet, cache: &mut Cache, inputs: &MapInputs, id: NodeId,
     if usable {
         for pid in compiled.visible_peers(id) {
             let (Some(p), Some(pbase)) = (t.node(pid), cache.base.get(&pid)) else { continue };
-            if pid == id || !p.authorized {
+            // A node that never opened a map session has no disco key: clients cannot reach it
+            // and skip it, so it joins peers' maps when its first map request arrives.
+            if pid == id || !p.authorized || p.disco_key.is_zero() {
                 continue;
             }
             let routes = routes_of(t, p);
@@ -197,7 +210,7 @@ fn routes_of(t: &Tailnet, n: &Node) -> Vec<IpNet> {
 }
 
 /// A node as every peer sees it (before per-viewer route filtering).
-fn base_node(t: &Tailnet, n: &Node, now: Timestamp) -> tailcfg::Node {
+fn base_node(t: &Tailnet, n: &Node, now: Timestamp, default_home_derp: i32) -> tailcfg::Node {
     let addresses: Vec<IpNet> = n
         .ipv4
         .map(|a| IpNet::from(std::net::IpAddr::V4(a)))
@@ -208,6 +221,7 @@ fn base_node(t: &Tailnet, n: &Node, now: Timestamp) -> tailcfg::Node {
     let online = t.is_online(n.id);
     let expired = n.is_expired(now);
     let hostinfo: Option<tailcfg::Hostinfo> = serde_json::from_value(n.hostinfo.clone()).ok();
+    let home_derp = if n.home_derp > 0 { n.home_derp } else { default_home_derp };
     tailcfg::Node {
         id: tailcfg::NodeId(n.id.0),
         stable_id: n.id.0.to_string(),
@@ -220,8 +234,8 @@ fn base_node(t: &Tailnet, n: &Node, now: Timestamp) -> tailcfg::Node {
         allowed_ips: Some(addresses.iter().copied().chain(routes).collect()),
         addresses,
         endpoints: if expired { Vec::new() } else { n.endpoints.iter().filter_map(|e| e.parse::<SocketAddr>().ok()).collect() },
-        legacy_derp: if n.home_derp > 0 { format!("{}:{}", tailcfg::node::DERP_MAGIC_IP, n.home_derp) } else { String::new() },
-        home_derp: n.home_derp,
+        legacy_derp: if home_derp > 0 { format!("{}:{}", tailcfg::node::DERP_MAGIC_IP, home_derp) } else { String::new() },
+        home_derp,
         hostinfo,
         created: Some(n.created),
         tags: n.tags.clone(),

@@ -179,7 +179,7 @@ async fn housekeeping(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         let mut g = shared.lock();
         ticks = ticks.wrapping_add(1);
-        if ticks % 4 == 0 {
+        if ticks.is_multiple_of(4) {
             let now = Utc::now();
             if let Err(e) = g.tailnet.tick(now, last_tick) {
                 tracing::warn!(error = %e, "housekeeping failed");

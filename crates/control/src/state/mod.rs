@@ -288,11 +288,10 @@ impl Tailnet {
     }
     /// Finds a node by id, MagicDNS name, hostname or tailnet IP.
     pub fn find_node(&self, what: &str) -> Option<&Node> {
-        if let Ok(id) = what.parse::<i64>() {
-            if let Some(n) = self.nodes.get(&NodeId(id)) {
+        if let Ok(id) = what.parse::<i64>()
+            && let Some(n) = self.nodes.get(&NodeId(id)) {
                 return Some(n);
             }
-        }
         let ip: Option<IpAddr> = what.parse().ok();
         let fqdn_suffix = format!(".{}", self.cfg.base_domain);
         let short = what.trim_end_matches('.').trim_end_matches(fqdn_suffix.as_str());
@@ -348,11 +347,10 @@ impl Tailnet {
         rng: &mut impl Rng,
     ) -> Result<RegisterOutcome, StateError> {
         // Logout: an expiry in the past.
-        if let Some(exp) = req.expiry {
-            if exp <= now {
+        if let Some(exp) = req.expiry
+            && exp <= now {
                 return self.logout(machine, req.node_key, now);
             }
-        }
 
         if let Some(existing) = self.node_by_key(&req.node_key).cloned() {
             if existing.machine_key != machine {
@@ -371,11 +369,10 @@ impl Tailnet {
         let rotating = (!req.old_node_key.is_zero())
             .then(|| self.node_by_key(&req.old_node_key).filter(|n| n.machine_key == machine).cloned())
             .flatten();
-        if let Some(old) = &rotating {
-            if !old.is_expired(now) && req.auth_key.is_none() {
+        if let Some(old) = &rotating
+            && !old.is_expired(now) && req.auth_key.is_none() {
                 return self.rekey(old.id, req.node_key, now);
             }
-        }
 
         let Some(auth_text) = req.auth_key.as_deref().filter(|k| !k.is_empty()) else {
             return Ok(fail(
@@ -616,11 +613,10 @@ impl Tailnet {
         let mut topology = false;
         if let Some(mut h) = hostinfo {
             // Since v1.66 the client may omit an unchanged NetInfo: keep the previous one.
-            if h.get("NetInfo").is_none() {
-                if let (Some(obj), Some(prev)) = (h.as_object_mut(), before.hostinfo.get("NetInfo")) {
+            if h.get("NetInfo").is_none()
+                && let (Some(obj), Some(prev)) = (h.as_object_mut(), before.hostinfo.get("NetInfo")) {
                     obj.insert("NetInfo".into(), prev.clone());
                 }
-            }
             if let Some(d) = h.pointer("/NetInfo/PreferredDERP").and_then(|v| v.as_i64()) {
                 n.home_derp = i32::try_from(d).unwrap_or(0);
             }
@@ -772,11 +768,10 @@ impl Tailnet {
                     return Err(StateError::Invalid(format!("tag {t} is not defined in the policy's tagOwners")));
                 }
                 // An admin minting a tagged key is allowed; a user-bound key only for tags it owns.
-                if let (Some(login), Some(_)) = (&login, &opts.user) {
-                    if !p.may_own_tag(t, TagOwnerCheck::User { login_name: login, is_admin: false }) {
+                if let (Some(login), Some(_)) = (&login, &opts.user)
+                    && !p.may_own_tag(t, TagOwnerCheck::User { login_name: login, is_admin: false }) {
                         return Err(StateError::Invalid(format!("user {login} may not own {t} (see tagOwners)")));
                     }
-                }
             }
         }
         let minted = keys::mint(keys::KeyKind::Auth, rng);
@@ -851,7 +846,7 @@ impl Tailnet {
     pub fn verify_api_key(&self, token: &str, now: Timestamp) -> Option<String> {
         let id = keys::key_id_of(keys::KeyKind::Api, token)?;
         let k = self.api_keys.values().find(|k| k.key_id == id)?;
-        (keys::verify(token, &k.secret_hash) && k.revoked.is_none() && !k.expires.is_some_and(|e| e <= now))
+        (keys::verify(token, &k.secret_hash) && k.revoked.is_none() && k.expires.is_none_or(|e| e > now))
             .then(|| k.key_id.clone())
     }
 
@@ -920,11 +915,10 @@ impl Tailnet {
     pub fn set_node_tags(&mut self, id: NodeId, tags: Vec<String>, actor: &Actor, now: Timestamp) -> Result<(), StateError> {
         for t in &tags {
             check_tag_syntax(t)?;
-            if let Some(p) = &self.policy {
-                if !p.defined_tags().any(|d| d == t) {
+            if let Some(p) = &self.policy
+                && !p.defined_tags().any(|d| d == t) {
                     return Err(StateError::Invalid(format!("tag {t} is not defined in the policy's tagOwners")));
                 }
-            }
         }
         let mut tags = tags;
         tags.sort();
@@ -966,13 +960,13 @@ impl Tailnet {
     fn auto_approve_routes(&mut self, id: NodeId, now: Timestamp) -> Result<(), StateError> {
         let Some(policy) = &self.policy else { return Ok(()) };
         let Some(node) = self.nodes.get(&id) else { return Ok(()) };
+        let pending: Vec<IpNet> =
+            node.advertised_routes().into_iter().filter(|r| !node.approved_routes.contains(r)).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
         let users: Vec<User> = self.users.values().cloned().collect();
-        let new: Vec<IpNet> = node
-            .advertised_routes()
-            .into_iter()
-            .filter(|r| !node.approved_routes.contains(r))
-            .filter(|r| policy.auto_approved(node, &users, *r))
-            .collect();
+        let new: Vec<IpNet> = pending.into_iter().filter(|r| policy.auto_approved(node, &users, *r)).collect();
         if new.is_empty() {
             return Ok(());
         }

@@ -54,6 +54,7 @@ pub fn unique_name(base: &str, taken: &BTreeSet<&str>) -> String {
 const CHROMEOS_V4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(100, 115, 92, 0), 23);
 /// The MagicDNS service addresses.
 const QUAD100_V4: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 100);
+const QUAD100_V6: Ipv6Addr = Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0x53);
 
 /// Lowest free IPv4 in `pool` (skipping network/broadcast, service and reserved addresses).
 pub fn allocate_v4(pool: Ipv4Net, used: &BTreeSet<IpAddr>) -> Option<Ipv4Addr> {
@@ -69,10 +70,9 @@ pub fn allocate_v6(pool: Ipv6Net, used: &BTreeSet<IpAddr>) -> Option<Ipv6Addr> {
     let base = u128::from(pool.network());
     let size_bits = 128 - u32::from(pool.prefix_len());
     let max_offset: u128 = if size_bits >= 64 { u128::from(u64::MAX) } else { (1u128 << size_bits) - 1 };
-    (1..max_offset).map(|o| Ipv6Addr::from(base + o)).find(|a| {
-        let low = u128::from(*a) & 0xffff;
-        !(low == 0x53 && (u128::from(*a) >> 16) == (base >> 16)) && !used.contains(&IpAddr::V6(*a))
-    })
+    (1..max_offset)
+        .map(|o| Ipv6Addr::from(base + o))
+        .find(|a| *a != QUAD100_V6 && !used.contains(&IpAddr::V6(*a)))
 }
 
 #[cfg(test)]
