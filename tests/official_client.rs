@@ -109,6 +109,50 @@ fn two_caddy_processes_one_node_each() -> anyhow::Result<()> {
     })
 }
 
+/// The issue's scenario through our relay: nftables drops UDP between the two nodes'
+/// WireGuard/disco ports (STUN to our server still works), so node B reaches node A only through
+/// the embedded DERP relay, over TLS pinned by the DERP map's `CertName`.
+#[test]
+fn traffic_through_our_derp_relay() -> anyhow::Result<()> {
+    run_test("traffic_through_our_derp_relay", needs(), |env| {
+        let control = ControlServer::start(env)?;
+        let key = control.create_auth_key(env)?;
+        let caddyfile = Caddyfile {
+            control_url: control.url.clone(),
+            storage_dir: env.path("caddy-data"),
+            state_dir: env.path("ts-state"),
+            nodes: vec![
+                CaddyNode {
+                    name: "nodea".into(),
+                    port: 41641,
+                },
+                CaddyNode {
+                    name: "nodeb".into(),
+                    port: 41642,
+                },
+            ],
+            serve: Some(("nodea".into(), HELLO.into())),
+            proxy: Some((PROXY_PORT, "nodea:80".into(), "nodeb".into())),
+        };
+        block_direct_udp(env, &[41641, 41642])?;
+        let started = start_caddy(env, "caddy", &caddyfile, &key)?;
+        let elapsed = first_success(env, started)?;
+        report_first_request(env, "DERP only", elapsed);
+        steady_requests(env)?;
+        let dropped = dropped_direct_packets(env)?;
+        ensure!(
+            dropped > 0,
+            "no direct UDP was attempted, so the relay path is unproven"
+        );
+        report(format_args!(
+            "{}: {dropped} direct UDP packets dropped; traffic went through DERP",
+            env.name()
+        ));
+        both_nodes_online(env, &control)?;
+        no_egress_attempts(env)
+    })
+}
+
 /// §8.5: `caddy tailscale-auth` logs one node in and exits 0 once it is Running; a quick check
 /// that registration and the map stream work before any data-plane traffic is involved.
 #[test]
@@ -174,6 +218,48 @@ fn start_caddy(
         .arg(&config);
     let idx = env.spawn(name, &spec)?;
     Ok(env.proc_mut(idx)?.started())
+}
+
+/// Drops UDP between the given local ports inside the test's namespace, so peers using them can
+/// only meet through DERP.
+fn block_direct_udp(env: &mut TestEnv, ports: &[u16]) -> anyhow::Result<()> {
+    let set = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rules = format!(
+        "table inet e2e_block {{\n  chain out {{\n    type filter hook output priority 0;\n    \
+         udp sport {{ {set} }} udp dport {{ {set} }} counter drop\n  }}\n}}\n"
+    );
+    let file = env.path("block-direct-udp.nft");
+    std::fs::write(&file, rules)?;
+    let out = env.run(
+        &Spawn::new("nft").arg("-f").arg(&file),
+        Duration::from_secs(10),
+    )?;
+    ensure!(
+        out.status.success(),
+        "nft failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// How many packets [`block_direct_udp`] dropped so far.
+fn dropped_direct_packets(env: &mut TestEnv) -> anyhow::Result<u64> {
+    let out = env.run(
+        &Spawn::new("nft").args(["list", "table", "inet", "e2e_block"]),
+        Duration::from_secs(10),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let n = text
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .context("no packet counter in the nft table")?;
+    Ok(n)
 }
 
 fn proxy_url() -> String {
