@@ -112,6 +112,24 @@ struct Row {
     mem_per_node: f64,
 }
 
+impl Row {
+    fn line(&self) -> String {
+        format!(
+            "| {} | {} | {:.0} ms | {:.1} MiB | {:.0} ms ({:.1} us/node) | {} | {:.1} KiB | {:.1} KiB | {:.1} KiB |",
+            self.scenario,
+            self.nodes,
+            self.full_ms,
+            self.full_bytes as f64 / 1048576.0,
+            self.change_ms,
+            self.change_ms * 1e3 / self.nodes as f64,
+            self.change_msgs,
+            self.change_json as f64 / 1024.0,
+            self.change_wire as f64 / 1024.0,
+            self.mem_per_node / 1024.0,
+        )
+    }
+}
+
 fn run(scenario: &'static str, n: usize, with_policy: bool) -> Row {
     let rss0 = benches::rss_bytes().unwrap_or(0);
     let Setup { mut t, ids } = setup(n, with_policy);
@@ -161,34 +179,34 @@ fn run(scenario: &'static str, n: usize, with_policy: bool) -> Row {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip_while(|a| a != "--sizes")
+    let args: Vec<String> = std::env::args().collect();
+    // Child mode: one scenario per process, so that memory figures are not skewed by what an
+    // earlier scenario left in the allocator.
+    if let Some(i) = args.iter().position(|a| a == "--one") {
+        let n: usize = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+        let with_policy = args.get(i + 2).is_none_or(|s| s == "policy");
+        let r = run(if with_policy { "teams (policy)" } else { "all-to-all (no policy)" }, n, with_policy);
+        println!("{}", r.line());
+        return;
+    }
+    let sizes: Vec<usize> = args
+        .iter()
+        .skip_while(|a| *a != "--sizes")
         .nth(1)
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![1000, 10000]);
-    let mut rows = Vec::new();
-    for &n in &sizes {
-        rows.push(run("teams (policy)", n, true));
-    }
+    let mut jobs: Vec<(usize, &str)> = sizes.iter().map(|n| (*n, "policy")).collect();
     if sizes.contains(&1000) {
-        rows.push(run("all-to-all (no policy)", 1000, false));
+        jobs.push((1000, "none"));
     }
-    println!();
+    let exe = std::env::current_exe().expect("own path");
     println!("| scenario | nodes | all first maps | first-map bytes (zstd) | policy change: build+diff+encode all | messages | delta JSON bytes | delta wire bytes | server memory per node |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    for r in rows {
-        println!(
-            "| {} | {} | {:.0} ms | {:.1} MiB | {:.0} ms ({:.1} us/node) | {} | {:.1} KiB | {:.1} KiB | {:.1} KiB |",
-            r.scenario,
-            r.nodes,
-            r.full_ms,
-            r.full_bytes as f64 / 1048576.0,
-            r.change_ms,
-            r.change_ms * 1e3 / r.nodes as f64,
-            r.change_msgs,
-            r.change_json as f64 / 1024.0,
-            r.change_wire as f64 / 1024.0,
-            r.mem_per_node / 1024.0,
-        );
+    for (n, kind) in jobs {
+        let out = std::process::Command::new(&exe).args(["--one", &n.to_string(), kind]).output().expect("run scenario");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 }

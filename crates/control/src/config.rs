@@ -362,6 +362,18 @@ mod tests {
     }
 
     #[test]
+    fn example_config_file_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("control.toml");
+        std::fs::write(&f, include_str!("../../../systemd/control.toml.example")).unwrap();
+        let s = ServeArgs { config: Some(f), ..Default::default() }.resolve().unwrap();
+        assert_eq!(s.tailnet.base_domain, "corp.example");
+        assert_eq!(s.dns.extra_records.len(), 1);
+        assert_eq!(s.dns.split.len(), 1);
+        assert_eq!(s.derp.map(|d| d.port), Some(443));
+    }
+
+    #[test]
     fn rejects_bad_settings() {
         let bad = ServeArgs { ipv4_prefix: Some("10.0.0.0/8".parse().unwrap()), ..Default::default() };
         assert!(bad.resolve().unwrap_err().to_string().contains("100.64.0.0/10"));

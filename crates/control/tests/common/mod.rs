@@ -92,15 +92,24 @@ impl TestServer {
     }
 
     /// Creates a user and an auth key for it with `opts` (the user is created if missing).
-    pub fn auth_key_for(&self, login: &str, opts: control::state::AuthKeyOptions) -> (String, String) {
+    pub fn auth_key_for(
+        &self,
+        login: &str,
+        opts: control::state::AuthKeyOptions,
+    ) -> (String, String) {
         use control::state::Actor;
         let now = chrono::Utc::now();
         let shared = &self.running().shared;
         let mut g = shared.lock();
         if g.tailnet.user_by_login(login).is_none() {
-            g.tailnet.create_user(login, "", &Actor::cli(), now).unwrap();
+            g.tailnet
+                .create_user(login, "", &Actor::cli(), now)
+                .unwrap();
         }
-        let opts = control::state::AuthKeyOptions { user: Some(login.to_string()), ..opts };
+        let opts = control::state::AuthKeyOptions {
+            user: Some(login.to_string()),
+            ..opts
+        };
         let (rec, text) = g
             .tailnet
             .create_auth_key(opts, &Actor::cli(), now, &mut rand::thread_rng())
@@ -137,7 +146,9 @@ async fn start_on(db: &std::path::Path) -> (Running, CancellationToken) {
     .resolve()
     .unwrap();
     let shutdown = CancellationToken::new();
-    let running = control::server::start(settings, shutdown.clone()).await.unwrap();
+    let running = control::server::start(settings, shutdown.clone())
+        .await
+        .unwrap();
     (running, shutdown)
 }
 
@@ -245,7 +256,12 @@ pub async fn post_upgrade(addr: SocketAddr, handshake_header: &str) -> Result<Up
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| format!("no status in response head {head:?}"))?;
-    Ok(UpgradeReply { status, head, rest, tcp })
+    Ok(UpgradeReply {
+        status,
+        head,
+        rest,
+        tcp,
+    })
 }
 
 impl Client {
@@ -255,13 +271,22 @@ impl Client {
     }
 
     /// A device with existing keys connected to the server at `addr`.
-    pub async fn connect_with(addr: SocketAddr, hostname: &str, keys: Keys) -> Result<Client, Error> {
+    pub async fn connect_with(
+        addr: SocketAddr,
+        hostname: &str,
+        keys: Keys,
+    ) -> Result<Client, Error> {
         let server_key = fetch_server_key(addr).await?.public_key;
-        let (hs, init) = ClientHandshake::start(&keys.machine, &server_key, CAPVER, &mut rand_core::OsRng)?;
+        let (hs, init) =
+            ClientHandshake::start(&keys.machine, &server_key, CAPVER, &mut rand_core::OsRng)?;
         let header = base64::engine::general_purpose::STANDARD.encode(init);
         let reply = post_upgrade(addr, &header).await?;
         if reply.status != 101 {
-            return Err(format!("/ts2021 answered {} instead of 101: {}", reply.status, reply.head).into());
+            return Err(format!(
+                "/ts2021 answered {} instead of 101: {}",
+                reply.status, reply.head
+            )
+            .into());
         }
         let upgrade_ok = reply.head.lines().any(|l| {
             l.split_once(':').is_some_and(|(k, v)| {
@@ -269,19 +294,34 @@ impl Client {
             })
         });
         if !upgrade_ok {
-            return Err(format!("101 without Upgrade: tailscale-control-protocol: {}", reply.head).into());
+            return Err(format!(
+                "101 without Upgrade: tailscale-control-protocol: {}",
+                reply.head
+            )
+            .into());
         }
         let (stream, _early) = proto::noise::client_finish(reply.tcp, hs, reply.rest).await?;
         let (send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
         let conn = tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Client { keys, server_key, hostname: hostname.to_string(), send, conn })
+        Ok(Client {
+            keys,
+            server_key,
+            hostname: hostname.to_string(),
+            send,
+            conn,
+        })
     }
 
     fn hostinfo(&self) -> Hostinfo {
-        Hostinfo { hostname: self.hostname.clone(), os: "linux".into(), ..Default::default() }
+        Hostinfo {
+            hostname: self.hostname.clone(),
+            os: "linux".into(),
+            ..Default::default()
+        }
     }
 
     /// POSTs `body` to `path` over Noise; returns the status and the response.
@@ -295,7 +335,11 @@ impl Client {
     }
 
     /// POSTs `body` and reads the whole answer.
-    pub async fn post_collect(&self, path: &str, body: Vec<u8>) -> Result<(StatusCode, Bytes), Error> {
+    pub async fn post_collect(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Bytes), Error> {
         let resp = self.post(path, body).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
@@ -304,7 +348,9 @@ impl Client {
 
     /// Sends a RegisterRequest as built by the caller.
     pub async fn register_request(&self, req: &RegisterRequest) -> Result<RegisterResponse, Error> {
-        let (status, body) = self.post_collect("/machine/register", serde_json::to_vec(req)?).await?;
+        let (status, body) = self
+            .post_collect("/machine/register", serde_json::to_vec(req)?)
+            .await?;
         if status != StatusCode::OK {
             return Err(format!("register: {status}: {}", String::from_utf8_lossy(&body)).into());
         }
@@ -321,7 +367,10 @@ impl Client {
             version: i32::from(CAPVER),
             node_key: self.keys.node.public(),
             nl_key: proto::tailcfg::register::zero_nl_key(),
-            auth: auth_key.map(|k| RegisterAuth { auth_key: k.to_string(), ..Default::default() }),
+            auth: auth_key.map(|k| RegisterAuth {
+                auth_key: k.to_string(),
+                ..Default::default()
+            }),
             hostinfo: Some(self.hostinfo()),
             ephemeral,
             ..Default::default()
@@ -366,7 +415,11 @@ impl Client {
             let body = resp.into_body().collect().await?.to_bytes();
             return Err(format!("map: {status}: {}", String::from_utf8_lossy(&body)).into());
         }
-        Ok(MapStream { body: resp.into_body(), decoder: MapFrameDecoder::new(), ended: false })
+        Ok(MapStream {
+            body: resp.into_body(),
+            decoder: MapFrameDecoder::new(),
+            ended: false,
+        })
     }
 
     /// A "lite" map request (`OmitPeers`, no stream) reporting new endpoints; returns the status.
@@ -406,7 +459,10 @@ impl MapStream {
                     let msg: MapResponse = match serde_json::from_slice(&json) {
                         Ok(m) => m,
                         Err(e) => {
-                            panic!("server sent a MapResponse that does not parse: {e}: {}", String::from_utf8_lossy(&json))
+                            panic!(
+                                "server sent a MapResponse that does not parse: {e}: {}",
+                                String::from_utf8_lossy(&json)
+                            )
                         }
                     };
                     if msg.keep_alive {
@@ -466,7 +522,9 @@ impl MapStream {
                     return (*m, took);
                 }
                 Next::Message(m) => seen.push(summary(&m)),
-                Next::Timeout => panic!("{what}: nothing matching within {timeout:?}; saw {seen:#?}"),
+                Next::Timeout => {
+                    panic!("{what}: nothing matching within {timeout:?}; saw {seen:#?}")
+                }
                 Next::Ended(how) => panic!("{what}: map stream ended ({how}); saw {seen:#?}"),
             }
         }
@@ -512,7 +570,10 @@ pub fn summary(m: &MapResponse) -> String {
         ids(&m.peers),
         ids(&m.peers_changed),
         m.peers_removed.iter().map(|id| id.0).collect::<Vec<_>>(),
-        m.peers_changed_patch.iter().map(|p| (p.node_id.0, p.endpoints.clone(), p.online)).collect::<Vec<_>>(),
+        m.peers_changed_patch
+            .iter()
+            .map(|p| (p.node_id.0, p.endpoints.clone(), p.online))
+            .collect::<Vec<_>>(),
         m.packet_filters.keys().collect::<Vec<_>>(),
     )
 }
