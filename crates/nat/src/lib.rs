@@ -10,6 +10,8 @@
 //! With `--no-default-features` nothing here depends on tokio: the shells are opt-in.
 
 pub mod derp;
+pub mod magicsock;
+pub mod stun_client;
 #[cfg(feature = "derp-server")]
 pub mod stun_server;
 pub mod tls;

@@ -12,6 +12,7 @@
 //! - [`stun`]: the STUN Binding subset Tailscale uses.
 
 pub mod derp;
+pub mod disco;
 pub mod keys;
 pub mod mapframe;
 pub mod noise;

@@ -53,6 +53,8 @@ pub struct Shared {
     noise_key: MachinePrivate,
     pub inputs: MapInputs,
     pub settings: Settings,
+    /// Cancelled when the server stops: ends Noise connections and map sessions too.
+    pub shutdown: CancellationToken,
 }
 
 /// The mutable part, behind one mutex that is never held across an `.await`.
@@ -122,6 +124,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         noise_key: keys.noise,
         inputs,
         settings,
+        shutdown: shutdown.clone(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();

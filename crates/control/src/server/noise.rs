@@ -85,15 +85,21 @@ where
         return;
     }
     tracing::debug!(machine = %machine.short(), version, "noise session established");
+    let shutdown = shared.shutdown.clone();
     let conn = NoiseConn { shared, machine, version };
     let app = super::machine::router(conn);
     let service = hyper_util::service::TowerToHyperService::new(app);
-    let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(1000)
         .keep_alive_interval(None)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "noise connection ended");
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        result = served => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "noise connection ended");
+            }
+        }
+        // Dropping the connection closes it: clients notice and reconnect elsewhere or later.
+        _ = shutdown.cancelled() => {}
     }
 }

@@ -78,6 +78,7 @@ async fn run(
         let jitter = Duration::from_millis(rand::thread_rng().gen_range(0..9000));
         tokio::select! {
             _ = tx.closed() => return,
+            _ = shared.shutdown.cancelled() => return,
             _ = tokio::time::sleep(KEEPALIVE + jitter) => {
                 let Some(ka) = encode(&MapResponse { keep_alive: true, control_time: Some(Utc::now()), ..Default::default() }) else { return };
                 if tx.send(Ok(ka)).await.is_err() {
