@@ -166,3 +166,23 @@ fn subnet_routes_show_on_the_primary_only() {
     let d = delta(&m, &m2, now()).unwrap();
     assert_eq!(d.peers_changed.len(), 2, "AllowedIPs changes resend both routers");
 }
+
+#[test]
+fn dns_config_carries_every_setting() {
+    use crate::config::ExtraRecord;
+    let s = DnsSettings {
+        magic_dns: true,
+        nameservers: vec!["1.1.1.1".into(), "https://dns.example/dns-query".into()],
+        search_domains: vec!["corp.example".into()],
+        split: [("internal.example".to_string(), vec!["10.0.0.53".to_string()])].into(),
+        extra_records: vec![ExtraRecord { name: "printer.tail.test".into(), record_type: "A".into(), value: "100.64.9.9".into() }],
+    };
+    let d = dns_config(&s, "tail.test");
+    assert!(d.proxied);
+    assert_eq!(d.domains, ["tail.test", "corp.example"]);
+    assert_eq!(d.resolvers.iter().map(|r| r.addr.as_str()).collect::<Vec<_>>(), ["1.1.1.1", "https://dns.example/dns-query"]);
+    assert_eq!(d.routes["internal.example"][0].addr, "10.0.0.53");
+    assert_eq!(d.extra_records[0].value, "100.64.9.9");
+    let off = dns_config(&DnsSettings { magic_dns: false, ..Default::default() }, "tail.test");
+    assert!(!off.proxied, "MagicDNS can be turned off");
+}
