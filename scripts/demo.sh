@@ -24,9 +24,12 @@ ns="tsr-demo-$$"
 run=$(mktemp -d /tmp/tailnet-demo.XXXXXX)
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Everything the demo started runs inside its namespace: stop those processes, then the
+    # `ip netns exec` wrappers, then delete the namespace.
+    inside=$(ip netns pids "$ns" 2>/dev/null || true)
+    for p in $inside "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 1
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for p in $inside "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
     echo "stopped; logs are in $run"
 }

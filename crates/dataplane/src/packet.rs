@@ -7,7 +7,8 @@
 //!
 //! Why hand-written instead of `etherparse` or `smoltcp::wire`: we need about ten fields, no
 //! checksum work and no emission, and we want Tailscale's exact classification (a truncated
-//! transport header makes the protocol "unknown", a non-first fragment is its own class). Twenty
+//! transport header or an RFC 1858 fragment makes the protocol "unknown", a non-first fragment is
+//! its own class, IPv6 extension headers are not walked). Twenty
 //! lines of offsets are easier to audit against `net/packet/packet.go` than a general parser's
 //! error model, and they keep the engine's dependency tree small.
 
@@ -28,6 +29,11 @@ pub mod ip_proto {
     /// SCTP.
     pub const SCTP: u8 = 132;
 }
+
+/// RFC 1858: a first fragment must hold a maximal IPv4 header plus a basic TCP header, and a
+/// later one must not start inside that space (Go's `minFragBlks`, in 8-byte blocks; Go compares
+/// the first fragment's transport length against this block count, and so do we).
+const MIN_FRAG_BLOCKS: usize = (60 + 20) / 8;
 
 /// TCP flag bits.
 const TCP_SYN: u8 = 0x02;
@@ -115,6 +121,11 @@ impl<'a> Ipv4View<'a> {
         be16(self.buf, 6).unwrap_or(0) & 0x1fff
     }
 
+    /// The More Fragments flag.
+    pub fn more_fragments(&self) -> bool {
+        be16(self.buf, 6).unwrap_or(0) & 0x2000 != 0
+    }
+
     /// The bytes after the header (options included in the header).
     pub fn payload(&self) -> &'a [u8] {
         self.buf.get(self.header_len..).unwrap_or(&[])
@@ -165,57 +176,36 @@ impl<'a> Ipv6View<'a> {
     pub fn payload(&self) -> &'a [u8] {
         self.buf.get(Self::HEADER_LEN..).unwrap_or(&[])
     }
-
-    /// Walks the extension-header chain to the upper-layer protocol.
-    ///
-    /// Returns the protocol, its bytes, and whether this is a non-first fragment. `None` when
-    /// the chain is truncated or longer than we are willing to walk.
-    pub fn upper_layer(&self) -> Option<(u8, &'a [u8], bool)> {
-        // Hop-by-hop (0), routing (43), fragment (44), destination options (60).
-        const MAX_EXTENSIONS: usize = 8;
-        let mut next = self.next_header();
-        let mut rest = self.payload();
-        for _ in 0..MAX_EXTENSIONS {
-            match next {
-                0 | 43 | 60 => {
-                    let len = (usize::from(byte(rest, 1)?) + 1) * 8;
-                    next = byte(rest, 0)?;
-                    rest = rest.get(len..)?;
-                }
-                44 => {
-                    let offset = be16(rest, 2)? >> 3;
-                    next = byte(rest, 0)?;
-                    rest = rest.get(8..)?;
-                    if offset != 0 {
-                        return Some((next, rest, true));
-                    }
-                }
-                _ => return Some((next, rest, false)),
-            }
-        }
-        None
-    }
 }
 
 /// What the filter needs to know about the transport layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     /// TCP with its ports and flag byte.
-    Tcp { src_port: u16, dst_port: u16, flags: u8 },
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        flags: u8,
+    },
     /// UDP with its ports.
     Udp { src_port: u16, dst_port: u16 },
     /// SCTP with its ports.
     Sctp { src_port: u16, dst_port: u16 },
-    /// ICMPv4 or ICMPv6 type and code.
-    Icmp { ty: u8, code: u8 },
+    /// ICMPv4 or ICMPv6 type and code; `full` when the 8-byte header (with identifier and
+    /// sequence or the unused word of an error) is present, which Go requires before it calls a
+    /// message an echo reply or an error.
+    Icmp { ty: u8, code: u8, full: bool },
     /// TSMP, Tailscale's in-tunnel control protocol.
     Tsmp,
     /// A fragment after the first: its transport header lives in another packet.
     LaterFragment,
     /// Another protocol number; the filter may still match it by protocol alone.
     Other,
-    /// A known transport whose header is cut short: treated as an unknown protocol (dropped).
-    Truncated,
+    /// What Go's parser calls `ipproto.Unknown`, always dropped: a known transport whose header
+    /// is cut short, protocol 0 (which is also IPv6 hop-by-hop: extension headers are not
+    /// walked), 255, a first fragment too short to hold a transport header, or a later
+    /// fragment starting inside that space (RFC 1858 overlapping-fragment attacks).
+    Unknown,
 }
 
 /// The parsed summary of one IP packet (the "Repr" to the views above).
@@ -232,27 +222,39 @@ pub struct PacketInfo {
 }
 
 impl PacketInfo {
-    /// Parses an IPv4 or IPv6 packet. Never panics.
+    /// Parses an IPv4 or IPv6 packet the way Tailscale's `net/packet` `Parsed.Decode` does.
+    /// Never panics.
     pub fn parse(buf: &[u8]) -> Result<PacketInfo, PacketError> {
         match byte(buf, 0).map(|b| b >> 4) {
             Some(4) => {
                 let v4 = Ipv4View::new(buf)?;
                 let proto = v4.protocol();
-                let transport = if v4.fragment_offset() != 0 {
-                    Transport::LaterFragment
-                } else {
-                    transport(proto, v4.payload())
+                let l4 = v4.payload();
+                let transport = match v4.fragment_offset() {
+                    0 if v4.more_fragments() && l4.len() < MIN_FRAG_BLOCKS => Transport::Unknown,
+                    0 => transport(proto, l4),
+                    off if usize::from(off) < MIN_FRAG_BLOCKS => Transport::Unknown,
+                    _ => Transport::LaterFragment,
                 };
-                Ok(PacketInfo { src: v4.src().into(), dst: v4.dst().into(), proto, transport })
+                Ok(PacketInfo {
+                    src: v4.src().into(),
+                    dst: v4.dst().into(),
+                    proto,
+                    transport,
+                })
             }
             Some(6) => {
+                // Like Go, no extension-header walking: the transport starts at byte 40, and
+                // anything else is classified by its Next Header value alone.
                 let v6 = Ipv6View::new(buf)?;
-                let (proto, transport) = match v6.upper_layer() {
-                    Some((proto, _, true)) => (proto, Transport::LaterFragment),
-                    Some((proto, rest, false)) => (proto, transport(proto, rest)),
-                    None => (v6.next_header(), Transport::Truncated),
-                };
-                Ok(PacketInfo { src: v6.src().into(), dst: v6.dst().into(), proto, transport })
+                let proto = v6.next_header();
+                let transport = transport(proto, v6.payload());
+                Ok(PacketInfo {
+                    src: v6.src().into(),
+                    dst: v6.dst().into(),
+                    proto,
+                    transport,
+                })
             }
             Some(_) => Err(PacketError::NotIp),
             None => Err(PacketError::TooShort),
@@ -284,21 +286,36 @@ impl PacketInfo {
         matches!(self.transport, Transport::Tcp { flags, .. } if flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
     }
 
-    /// An ICMP echo reply (v4 type 0, v6 type 129).
+    /// An ICMP echo reply (v4 type 0, v6 type 129, code 0, full header).
     pub fn is_icmp_echo_reply(&self) -> bool {
         match (self.proto, self.transport) {
-            (ip_proto::ICMPV4, Transport::Icmp { ty, .. }) => ty == 0,
-            (ip_proto::ICMPV6, Transport::Icmp { ty, .. }) => ty == 129,
+            (
+                ip_proto::ICMPV4,
+                Transport::Icmp {
+                    ty: 0,
+                    code: 0,
+                    full: true,
+                },
+            ) => true,
+            (
+                ip_proto::ICMPV6,
+                Transport::Icmp {
+                    ty: 129,
+                    code: 0,
+                    full: true,
+                },
+            ) => true,
             _ => false,
         }
     }
 
-    /// An ICMP error message: v4 unreachable, time exceeded or parameter problem; any ICMPv6
-    /// type below 128 (RFC 4443 §2.1 reserves 0–127 for errors, including Packet Too Big).
+    /// An ICMP error message with its full header: v4 unreachable (3), time exceeded (11),
+    /// parameter problem (12); v6 unreachable (1), packet too big (2), time exceeded (3),
+    /// parameter problem (4).
     pub fn is_icmp_error(&self) -> bool {
         match (self.proto, self.transport) {
-            (ip_proto::ICMPV4, Transport::Icmp { ty, .. }) => matches!(ty, 3 | 11 | 12),
-            (ip_proto::ICMPV6, Transport::Icmp { ty, .. }) => ty < 128,
+            (ip_proto::ICMPV4, Transport::Icmp { ty, full: true, .. }) => matches!(ty, 3 | 11 | 12),
+            (ip_proto::ICMPV6, Transport::Icmp { ty, full: true, .. }) => matches!(ty, 1..=4),
             _ => false,
         }
     }
@@ -314,23 +331,27 @@ fn transport(proto: u8, l4: &[u8]) -> Transport {
     };
     let parsed = match proto {
         ip_proto::TCP => ports(20).and_then(|(src_port, dst_port)| {
-            Some(Transport::Tcp { src_port, dst_port, flags: byte(l4, 13)? })
+            Some(Transport::Tcp {
+                src_port,
+                dst_port,
+                flags: byte(l4, 13)?,
+            })
         }),
         ip_proto::UDP => ports(8).map(|(src_port, dst_port)| Transport::Udp { src_port, dst_port }),
         ip_proto::SCTP => {
             ports(12).map(|(src_port, dst_port)| Transport::Sctp { src_port, dst_port })
         }
-        ip_proto::ICMPV4 | ip_proto::ICMPV6 => {
-            if l4.len() < 4 {
-                None
-            } else {
-                Some(Transport::Icmp { ty: byte(l4, 0).unwrap_or(0), code: byte(l4, 1).unwrap_or(0) })
-            }
-        }
+        ip_proto::ICMPV4 | ip_proto::ICMPV6 => (l4.len() >= 4).then(|| Transport::Icmp {
+            ty: byte(l4, 0).unwrap_or(0),
+            code: byte(l4, 1).unwrap_or(0),
+            full: l4.len() >= 8,
+        }),
+        // Go's `Unknown` is 0 and its internal `Fragment` marker is 255; both are dropped.
+        0 | 255 => None,
         ip_proto::TSMP => Some(Transport::Tsmp),
         _ => Some(Transport::Other),
     };
-    parsed.unwrap_or(Transport::Truncated)
+    parsed.unwrap_or(Transport::Unknown)
 }
 
 /// Packet builders for tests in this crate and in the agent's tests.
@@ -393,7 +414,11 @@ pub mod build {
 
     /// An ICMP (v4 or v6, by address family) message with the given type and code.
     pub fn icmp(src: IpAddr, dst: IpAddr, ty: u8, code: u8) -> Vec<u8> {
-        let proto = if src.is_ipv4() { ip_proto::ICMPV4 } else { ip_proto::ICMPV6 };
+        let proto = if src.is_ipv4() {
+            ip_proto::ICMPV4
+        } else {
+            ip_proto::ICMPV6
+        };
         ip(src, dst, proto, &[ty, code, 0, 0, 0, 1, 0, 1])
     }
 }
@@ -428,25 +453,63 @@ mod tests {
         p.truncate(30);
         p[2..4].copy_from_slice(&30u16.to_be_bytes());
         let info = PacketInfo::parse(&p).unwrap();
-        assert_eq!(info.transport, Transport::Truncated);
+        assert_eq!(info.transport, Transport::Unknown);
     }
 
     #[test]
     fn v4_later_fragment() {
         let mut p = build::udp(a("1.1.1.1"), a("2.2.2.2"), 1, 2, b"x");
         p[6..8].copy_from_slice(&0x0010u16.to_be_bytes());
-        assert_eq!(PacketInfo::parse(&p).unwrap().transport, Transport::LaterFragment);
+        assert_eq!(
+            PacketInfo::parse(&p).unwrap().transport,
+            Transport::LaterFragment
+        );
     }
 
     #[test]
-    fn v6_extension_headers_are_walked() {
-        // Hop-by-hop options (8 bytes) followed by UDP.
+    fn fragments_follow_rfc1858() {
+        let mut p = build::udp(a("1.1.1.1"), a("2.2.2.2"), 1, 2, b"x");
+        // Offset 9 blocks (72 bytes) could overwrite a transport header: unknown.
+        p[6..8].copy_from_slice(&9u16.to_be_bytes());
+        assert_eq!(PacketInfo::parse(&p).unwrap().transport, Transport::Unknown);
+        // A first fragment (MF set) with a 9-byte transport part: unknown.
+        p[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
+        assert_eq!(PacketInfo::parse(&p).unwrap().transport, Transport::Unknown);
+        // A big enough first fragment is parsed normally.
+        let mut p = build::udp(a("1.1.1.1"), a("2.2.2.2"), 1, 2, b"0123456789");
+        p[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
+        assert_eq!(PacketInfo::parse(&p).unwrap().dst_port(), 2);
+    }
+
+    #[test]
+    fn v6_extension_headers_are_not_walked() {
+        // Hop-by-hop options (8 bytes) followed by UDP: Next Header 0 is Go's "unknown".
         let mut l4 = vec![ip_proto::UDP, 0, 0, 0, 0, 0, 0, 0];
         l4.extend_from_slice(&[0, 7, 0, 53, 0, 8, 0, 0]);
         let p = build::ip(a("fd7a::1"), a("fd7a::2"), 0, &l4);
-        let info = PacketInfo::parse(&p).unwrap();
-        assert_eq!(info.proto, ip_proto::UDP);
-        assert_eq!(info.dst_port(), 53);
+        assert_eq!(PacketInfo::parse(&p).unwrap().transport, Transport::Unknown);
+        // A routing header (43) is just another protocol number.
+        let p = build::ip(a("fd7a::1"), a("fd7a::2"), 43, &l4);
+        assert_eq!(PacketInfo::parse(&p).unwrap().transport, Transport::Other);
+    }
+
+    #[test]
+    fn icmp_classification_needs_full_header() {
+        let reply = build::icmp(a("1.1.1.1"), a("2.2.2.2"), 0, 0);
+        assert!(PacketInfo::parse(&reply).unwrap().is_icmp_echo_reply());
+        let odd_code = build::icmp(a("1.1.1.1"), a("2.2.2.2"), 0, 1);
+        assert!(!PacketInfo::parse(&odd_code).unwrap().is_icmp_echo_reply());
+        let short = build::ip(a("1.1.1.1"), a("2.2.2.2"), ip_proto::ICMPV4, &[3, 1, 0, 0]);
+        let info = PacketInfo::parse(&short).unwrap();
+        assert!(!info.is_icmp_error());
+        assert!(matches!(
+            info.transport,
+            Transport::Icmp { full: false, .. }
+        ));
+        let too_big = build::icmp(a("fd7a::1"), a("fd7a::2"), 2, 0);
+        assert!(PacketInfo::parse(&too_big).unwrap().is_icmp_error());
+        let nd = build::icmp(a("fd7a::1"), a("fd7a::2"), 135, 0);
+        assert!(!PacketInfo::parse(&nd).unwrap().is_icmp_error());
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! - [`tls`]: relay certificates (PEM files or a persisted self-signed one) and the
 //!   `sha256-raw:` CertName pin.
 //! - [`stun_server`] (feature `derp-server`): the UDP STUN responder that runs beside a relay.
+//! - [`stun_client`]: sans-IO STUN probing: endpoint discovery, per-region latency, hard-NAT
+//!   detection and the preferred (home) DERP region.
+//! - [`magicsock`]: sans-IO path selection per peer: disco ping/pong/call-me-maybe, the best
+//!   direct address with trust and heartbeats, fallback to DERP and upgrade back.
 //!
 //! With `--no-default-features` nothing here depends on tokio: the shells are opt-in.
 

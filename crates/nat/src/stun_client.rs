@@ -31,8 +31,11 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
 /// Attempts per region and address family, sent at these offsets from the round's start.
-pub const ATTEMPT_OFFSETS: [Duration; 3] =
-    [Duration::ZERO, Duration::from_millis(100), Duration::from_millis(200)];
+pub const ATTEMPT_OFFSETS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+];
 /// The STUN phase of a report never lasts longer than this.
 pub const STUN_PHASE_MAX: Duration = Duration::from_secs(3);
 /// Region latencies are the best seen over this window of past reports.
@@ -95,16 +98,31 @@ pub fn regions_from_derp_map(map: &DerpMap) -> Vec<StunRegion> {
                     0 => DEFAULT_STUN_PORT,
                     p => u16::try_from(p).ok()?,
                 };
-                let addrs: Vec<IpAddr> =
-                    [&n.ipv4, &n.ipv6].into_iter().filter_map(|s| s.parse().ok()).collect();
-                (!addrs.is_empty()).then(|| StunServer { name: n.name.clone(), addrs, port })
+                let addrs: Vec<IpAddr> = [&n.ipv4, &n.ipv6]
+                    .into_iter()
+                    .filter_map(|s| s.parse().ok())
+                    .collect();
+                (!addrs.is_empty()).then(|| StunServer {
+                    name: n.name.clone(),
+                    addrs,
+                    port,
+                })
             })
             .collect();
         if servers.is_empty() {
             continue;
         }
-        let score = scores.and_then(|s| s.get(id)).copied().filter(|s| *s > 0.0).unwrap_or(1.0);
-        out.push(StunRegion { region_id, servers, score, avoid: region.avoid });
+        let score = scores
+            .and_then(|s| s.get(id))
+            .copied()
+            .filter(|s| *s > 0.0)
+            .unwrap_or(1.0);
+        out.push(StunRegion {
+            region_id,
+            servers,
+            score,
+            avoid: region.avoid,
+        });
     }
     out
 }
@@ -184,7 +202,10 @@ pub struct Families {
 
 impl Default for Families {
     fn default() -> Self {
-        Self { ipv4: true, ipv6: true }
+        Self {
+            ipv4: true,
+            ipv6: true,
+        }
     }
 }
 
@@ -389,12 +410,20 @@ impl StunClient {
         r.mapped.insert(probe.server, mapped);
         // One answer per (region, family) is enough: cancel the remaining attempts of that set.
         round.answered.insert((probe.region, probe.family));
-        round.pending.retain(|p| !(p.region == probe.region && p.family == probe.family));
+        round
+            .pending
+            .retain(|p| !(p.region == probe.region && p.family == probe.family));
         // Once a few regions answered, stop after the slowest latency so far has elapsed again
         // (doubled), instead of waiting the full STUN phase for far or dead regions.
         let regions_answered = round.report.region_latency.len();
         if regions_answered >= ENOUGH_REGIONS {
-            let slowest = round.report.region_latency.values().max().copied().unwrap_or_default();
+            let slowest = round
+                .report
+                .region_latency
+                .values()
+                .max()
+                .copied()
+                .unwrap_or_default();
             round.deadline = round.deadline.min(now + slowest * 2);
         }
         self.handle_timeout(now);
@@ -422,11 +451,16 @@ impl StunClient {
                     server: attempt.dest,
                 },
             );
-            self.transmits
-                .push_back(StunTransmit { dest: attempt.dest, payload: binding_request(TxId(tx)) });
+            self.transmits.push_back(StunTransmit {
+                dest: attempt.dest,
+                payload: binding_request(TxId(tx)),
+            });
         }
         let all_sets_answered = round.pending.is_empty()
-            && round.in_flight.values().all(|p| round.answered.contains(&(p.region, p.family)));
+            && round
+                .in_flight
+                .values()
+                .all(|p| round.answered.contains(&(p.region, p.family)));
         if now >= round.deadline || all_sets_answered {
             self.finish_round(now);
         }
@@ -455,7 +489,11 @@ impl StunClient {
         };
         let mut report = round.report;
         self.history.push_back((now, report.region_latency.clone()));
-        while self.history.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > LATENCY_WINDOW) {
+        while self
+            .history
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > LATENCY_WINDOW)
+        {
             self.history.pop_front();
         }
         let home = self.choose_home(&report, round.started, now);
@@ -485,7 +523,10 @@ impl StunClient {
             d.mul_f64(score)
         };
         let eligible = |region: &u16| {
-            !self.regions.iter().any(|r| r.region_id == *region && r.avoid)
+            !self
+                .regions
+                .iter()
+                .any(|r| r.region_id == *region && r.avoid)
         };
         // Only regions that answered in this report are candidates.
         let best = report
@@ -498,7 +539,9 @@ impl StunClient {
         let old = self.home;
         // Whether the region's relay sent us a frame no earlier than `window` before `reference`.
         let heard_within = |region: u16, window: Duration, reference: Instant| {
-            self.derp_heard.get(&region).is_some_and(|t| *t + window >= reference)
+            self.derp_heard
+                .get(&region)
+                .is_some_and(|t| *t + window >= reference)
         };
         let Some((best_region, best_lat)) = best else {
             // Nothing answered: keep the old home if its relay was heard from recently.
@@ -511,8 +554,8 @@ impl StunClient {
             return Some(old);
         }
         let old_lat = best_by_region.get(&old).map(|d| scored(old, *d));
-        let old_reachable =
-            report.region_latency.contains_key(&old) || heard_within(old, HOME_HEARD_RECENTLY, started);
+        let old_reachable = report.region_latency.contains_key(&old)
+            || heard_within(old, HOME_HEARD_RECENTLY, started);
         if old_reachable {
             match old_lat {
                 Some(old_lat) => {
@@ -561,7 +604,11 @@ mod tests {
                 .enumerate()
                 .map(|(i, s)| {
                     let a: SocketAddr = s.parse().unwrap();
-                    StunServer { name: format!("{id}{i}"), addrs: vec![a.ip()], port: a.port() }
+                    StunServer {
+                        name: format!("{id}{i}"),
+                        addrs: vec![a.ip()],
+                        port: a.port(),
+                    }
                 })
                 .collect(),
             score: 1.0,
@@ -625,7 +672,11 @@ mod tests {
             .into_iter()
             .map(|(s, l)| {
                 let a: SocketAddr = s.parse().unwrap();
-                let mapped = if a.is_ipv6() { "[2001:db8::5]:41641".parse().unwrap() } else { public };
+                let mapped = if a.is_ipv6() {
+                    "[2001:db8::5]:41641".parse().unwrap()
+                } else {
+                    public
+                };
                 (a, (l, Some(mapped)))
             })
             .collect(),
@@ -659,8 +710,17 @@ mod tests {
             .map(|(s, m)| (s.parse().unwrap(), (ms(5), Some(m.parse().unwrap()))))
             .collect(),
         };
-        let mut c = StunClient::new([2; 32], Families { ipv4: true, ipv6: false });
-        c.set_regions(vec![region(1, &["127.0.0.1:3478"]), region(2, &["127.0.0.2:3478"])]);
+        let mut c = StunClient::new(
+            [2; 32],
+            Families {
+                ipv4: true,
+                ipv6: false,
+            },
+        );
+        c.set_regions(vec![
+            region(1, &["127.0.0.1:3478"]),
+            region(2, &["127.0.0.2:3478"]),
+        ]);
         let r = world.run(&mut c, Instant::now());
         assert_eq!(r.mapping_varies_by_dest_ip, Some(true));
         assert!(r.udp);
@@ -669,7 +729,9 @@ mod tests {
     #[test]
     fn udp_blocked_times_out_with_no_udp() {
         let world = World {
-            servers: [("127.0.0.1:3478".parse().unwrap(), (ms(5), None))].into_iter().collect(),
+            servers: [("127.0.0.1:3478".parse().unwrap(), (ms(5), None))]
+                .into_iter()
+                .collect(),
         };
         let mut c = StunClient::new([3; 32], Families::default());
         c.set_regions(vec![region(1, &["127.0.0.1:3478"])]);
@@ -719,11 +781,19 @@ mod tests {
         let world = |l1: u64, l2: u64| World {
             servers: [("127.0.0.1:3478", l1), ("127.0.0.2:3478", l2)]
                 .into_iter()
-                .map(|(s, l)| (s.parse().unwrap(), (ms(l), Some("1.2.3.4:5".parse().unwrap()))))
+                .map(|(s, l)| {
+                    (
+                        s.parse().unwrap(),
+                        (ms(l), Some("1.2.3.4:5".parse().unwrap())),
+                    )
+                })
                 .collect(),
         };
         let mut c = StunClient::new([5; 32], Families::default());
-        c.set_regions(vec![region(1, &["127.0.0.1:3478"]), region(2, &["127.0.0.2:3478"])]);
+        c.set_regions(vec![
+            region(1, &["127.0.0.1:3478"]),
+            region(2, &["127.0.0.2:3478"]),
+        ]);
         let t0 = Instant::now();
         assert_eq!(world(20, 40).run(&mut c, t0).preferred_derp, Some(1));
         // Six minutes later region 2 is a bit faster (15 vs 20 ms): less than 10 ms better, stay.

@@ -159,19 +159,29 @@ impl Message {
                     // Old clients omit the key; a partial key is padding we cannot interpret.
                     None => (None, 0),
                 };
-                Ok(Message::Ping(Ping { tx_id: tx_id(tx), node_key, padding }))
+                Ok(Message::Ping(Ping {
+                    tx_id: tx_id(tx),
+                    node_key,
+                    padding,
+                }))
             }
             TYPE_PONG => {
                 let body = body.get(..PONG_BODY_LEN).ok_or(DiscoError::Short)?;
                 let (tx, ep) = body.split_at(TX_ID_LEN);
                 let src = get_endpoint(ep).ok_or(DiscoError::Short)?;
-                Ok(Message::Pong(Pong { tx_id: tx_id(tx), src }))
+                Ok(Message::Pong(Pong {
+                    tx_id: tx_id(tx),
+                    src,
+                }))
             }
             TYPE_CALL_ME_MAYBE => {
                 if version != VERSION || body.is_empty() || body.len() % ENDPOINT_LEN != 0 {
                     return Ok(Message::CallMeMaybe(CallMeMaybe::default()));
                 }
-                let endpoints = body.chunks_exact(ENDPOINT_LEN).filter_map(get_endpoint).collect();
+                let endpoints = body
+                    .chunks_exact(ENDPOINT_LEN)
+                    .filter_map(get_endpoint)
+                    .collect();
                 Ok(Message::CallMeMaybe(CallMeMaybe { endpoints }))
             }
             other => Err(DiscoError::UnknownType(other)),
@@ -191,7 +201,10 @@ pub fn sender_key(packet: &[u8]) -> Option<DiscoPublic> {
     if !looks_like_disco(packet) {
         return None;
     }
-    let raw: [u8; KEY_LEN] = packet.get(MAGIC.len()..MAGIC.len() + KEY_LEN)?.try_into().ok()?;
+    let raw: [u8; KEY_LEN] = packet
+        .get(MAGIC.len()..MAGIC.len() + KEY_LEN)?
+        .try_into()
+        .ok()?;
     Some(DiscoPublic::from_bytes(raw))
 }
 
@@ -214,7 +227,9 @@ pub fn seal(
 /// disco key with the message. The caller decides whether that sender is acceptable.
 pub fn open(me: &DiscoPrivate, packet: &[u8]) -> Result<(DiscoPublic, Message), DiscoError> {
     let sender = sender_key(packet).ok_or(DiscoError::NotDisco)?;
-    let sealed = packet.get(MAGIC.len() + KEY_LEN..).ok_or(DiscoError::NotDisco)?;
+    let sealed = packet
+        .get(MAGIC.len() + KEY_LEN..)
+        .ok_or(DiscoError::NotDisco)?;
     if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(DiscoError::NotDisco);
     }
@@ -265,7 +280,9 @@ fn looks_like_geneve(b: &[u8]) -> bool {
     }
     let proto = [h[2], h[3]];
     if proto == GENEVE_PROTO_DISCO {
-        return b.get(GENEVE_HEADER_LEN..).is_some_and(|rest| rest.starts_with(&MAGIC));
+        return b
+            .get(GENEVE_HEADER_LEN..)
+            .is_some_and(|rest| rest.starts_with(&MAGIC));
     }
     proto == GENEVE_PROTO_WIREGUARD
 }
@@ -369,7 +386,11 @@ mod tests {
         let got = Message::parse(&enc).unwrap();
         assert_eq!(
             got,
-            Message::Ping(Ping { tx_id: TxId([3; 12]), node_key: None, padding: 0 })
+            Message::Ping(Ping {
+                tx_id: TxId([3; 12]),
+                node_key: None,
+                padding: 0
+            })
         );
     }
 
@@ -377,7 +398,10 @@ mod tests {
     fn pong_round_trip_v4_and_v6() {
         let (a, b, mut rng) = keys();
         for src in ["192.0.2.7:41641", "[2001:db8::1]:443", "127.3.3.40:900"] {
-            let msg = Message::Pong(Pong { tx_id: TxId([5; 12]), src: src.parse().unwrap() });
+            let msg = Message::Pong(Pong {
+                tx_id: TxId([5; 12]),
+                src: src.parse().unwrap(),
+            });
             let enc = msg.encode();
             assert_eq!(enc.len(), 2 + 30);
             let pkt = seal(&b, &a.public(), &msg, &mut rng);
@@ -385,16 +409,25 @@ mod tests {
             assert_eq!(open(&a, &pkt).unwrap().1, msg);
         }
         // The IPv4 address travels v4-mapped.
-        let enc = Message::Pong(Pong { tx_id: TxId([0; 12]), src: "1.2.3.4:5".parse().unwrap() })
-            .encode();
-        assert_eq!(&enc[14..30], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3, 4]);
+        let enc = Message::Pong(Pong {
+            tx_id: TxId([0; 12]),
+            src: "1.2.3.4:5".parse().unwrap(),
+        })
+        .encode();
+        assert_eq!(
+            &enc[14..30],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3, 4]
+        );
         assert_eq!(&enc[30..], &[0, 5]);
     }
 
     #[test]
     fn call_me_maybe_round_trip_and_lax_parsing() {
         let msg = Message::CallMeMaybe(CallMeMaybe {
-            endpoints: vec!["198.51.100.1:41641".parse().unwrap(), "[2001:db8::2]:1".parse().unwrap()],
+            endpoints: vec![
+                "198.51.100.1:41641".parse().unwrap(),
+                "[2001:db8::2]:1".parse().unwrap(),
+            ],
         });
         let enc = msg.encode();
         assert_eq!(enc.len(), 2 + 36);
@@ -415,15 +448,24 @@ mod tests {
         assert_eq!(Message::parse(&[1]), Err(DiscoError::Short));
         assert_eq!(Message::parse(&[1, 0, 1, 2, 3]), Err(DiscoError::Short));
         assert_eq!(Message::parse(&[2, 0, 1, 2, 3]), Err(DiscoError::Short));
-        assert_eq!(Message::parse(&[0x04, 0, 0, 0]), Err(DiscoError::UnknownType(4)));
-        assert_eq!(Message::parse(&[0xff, 0]), Err(DiscoError::UnknownType(0xff)));
+        assert_eq!(
+            Message::parse(&[0x04, 0, 0, 0]),
+            Err(DiscoError::UnknownType(4))
+        );
+        assert_eq!(
+            Message::parse(&[0xff, 0]),
+            Err(DiscoError::UnknownType(0xff))
+        );
     }
 
     #[test]
     fn open_rejects_wrong_key_tampering_and_truncation() {
         let (a, b, mut rng) = keys();
         let c = DiscoPrivate::generate(&mut rng);
-        let msg = Message::Pong(Pong { tx_id: TxId([5; 12]), src: "1.2.3.4:5".parse().unwrap() });
+        let msg = Message::Pong(Pong {
+            tx_id: TxId([5; 12]),
+            src: "1.2.3.4:5".parse().unwrap(),
+        });
         let pkt = seal(&a, &b.public(), &msg, &mut rng);
         assert_eq!(open(&c, &pkt), Err(DiscoError::BadBox));
         let mut bad = pkt.clone();

@@ -10,11 +10,14 @@
 //! - [`mapframe`]: the map stream's `u32 LE length + zstd(JSON)` framing.
 //! - [`derp`]: DERP frame codec and handshake messages.
 //! - [`stun`]: the STUN Binding subset Tailscale uses.
+//! - [`disco`]: disco messages (ping, pong, call-me-maybe) sealed with NaCl box, and the
+//!   demultiplexing of one UDP socket into STUN, disco and WireGuard.
 
 pub mod derp;
 pub mod disco;
 pub mod keys;
 pub mod mapframe;
+pub mod netmap;
 pub mod noise;
 pub mod stun;
 pub mod tailcfg;

@@ -27,12 +27,12 @@ pub fn router(conn: NoiseConn) -> Router {
 
 /// Parses a JSON object body. serde would also accept an array for a struct; clients never
 /// send one, so it is refused like any other malformed body.
-fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Response> {
+fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
-        return Err(bad_request(format!("invalid {what}: expected a JSON object")));
+        return Err(format!("invalid {what}: expected a JSON object"));
     }
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid {what}: {e}")))
+    serde_json::from_slice(body).map_err(|e| format!("invalid {what}: {e}"))
 }
 
 fn bad_request(msg: impl std::fmt::Display) -> Response {
@@ -42,7 +42,7 @@ fn bad_request(msg: impl std::fmt::Display) -> Response {
 async fn register(State(conn): State<NoiseConn>, body: Bytes) -> Response {
     let req: RegisterRequest = match parse_object(&body, "RegisterRequest") {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     if req.version > 0 && req.version < i32::from(super::noise::MIN_CAPABILITY_VERSION) {
         return bad_request("client too old; upgrade it");
@@ -100,7 +100,7 @@ async fn register(State(conn): State<NoiseConn>, body: Bytes) -> Response {
 async fn map(State(conn): State<NoiseConn>, body: Bytes) -> Response {
     let req: MapRequest = match parse_object(&body, "MapRequest") {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let now = Utc::now();
     let hostinfo = req.hostinfo.as_ref().and_then(|h| serde_json::to_value(h).ok());

@@ -86,7 +86,12 @@ impl FlowTable {
             return;
         }
         let i = if self.slots.len() < self.capacity {
-            self.slots.push(Slot { key, last_seen: now, prev: NIL, next: NIL });
+            self.slots.push(Slot {
+                key,
+                last_seen: now,
+                prev: NIL,
+                next: NIL,
+            });
             self.slots.len() - 1
         } else {
             // Reuse the least recently used slot.
@@ -268,7 +273,10 @@ mod tests {
             if round % 5 == 0 {
                 t.expire(now);
             }
-            let _ = t.contains(&key(round % 7), now + FLOW_IDLE_TIMEOUT * u32::from(round % 3));
+            let _ = t.contains(
+                &key(round % 7),
+                now + FLOW_IDLE_TIMEOUT * u32::from(round % 3),
+            );
             assert!(t.len() <= 8);
             // Walk the list from head and check it visits exactly len() slots.
             let (mut n, mut i) = (0, t.head);

@@ -52,7 +52,11 @@ pub struct Filter {
 impl Filter {
     /// The filter before the first netmap arrives: nothing inbound is allowed.
     pub fn deny_all() -> Self {
-        Filter { matches: Vec::new(), local: Vec::new(), flows: FlowTable::default() }
+        Filter {
+            matches: Vec::new(),
+            local: Vec::new(),
+            flows: FlowTable::default(),
+        }
     }
 
     /// Compiles `rules` for a node whose local prefixes (own addresses plus served routes) are
@@ -60,7 +64,14 @@ impl Filter {
     pub fn compile(rules: &[FilterRule], local: Vec<IpNet>) -> (Self, Vec<RuleError>) {
         let (matches, errors) = rules::compile(rules);
         let local = local.into_iter().map(|n| n.trunc()).collect();
-        (Filter { matches, local, flows: FlowTable::default() }, errors)
+        (
+            Filter {
+                matches,
+                local,
+                flows: FlowTable::default(),
+            },
+            errors,
+        )
     }
 
     /// Replaces the rules, keeping the flow memory (replies to flows in progress still pass).
@@ -110,7 +121,7 @@ impl Filter {
         p: &PacketInfo,
         now: Instant,
     ) -> Result<Allowed, DropReason> {
-        if p.transport == Transport::Truncated {
+        if p.transport == Transport::Unknown {
             return Err(DropReason::UnknownProtocol);
         }
         if p.dst.is_multicast() {
@@ -145,9 +156,13 @@ impl Filter {
             }
             Transport::Tsmp => true,
             Transport::Other => rules::matches_proto_all_ports(&self.matches, p),
-            Transport::LaterFragment | Transport::Truncated => false,
+            Transport::LaterFragment | Transport::Unknown => false,
         };
-        if ok { Ok(Allowed(())) } else { Err(DropReason::FilterDenied) }
+        if ok {
+            Ok(Allowed(()))
+        } else {
+            Err(DropReason::FilterDenied)
+        }
     }
 
     /// Forgets idle UDP/SCTP flows.

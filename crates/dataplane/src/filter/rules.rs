@@ -49,7 +49,9 @@ impl ProtoSet {
     }
 
     pub(crate) fn contains(&self, p: u8) -> bool {
-        self.0.get(usize::from(p >> 6)).is_some_and(|w| w & (1u64 << (p & 63)) != 0)
+        self.0
+            .get(usize::from(p >> 6))
+            .is_some_and(|w| w & (1u64 << (p & 63)) != 0)
     }
 }
 
@@ -72,7 +74,12 @@ pub(crate) fn compile(rules: &[FilterRule]) -> (Vec<Match>, Vec<RuleError>) {
         }
         let mut protos = ProtoSet::default();
         if rule.ip_proto.is_empty() {
-            for p in [ip_proto::TCP, ip_proto::UDP, ip_proto::ICMPV4, ip_proto::ICMPV6] {
+            for p in [
+                ip_proto::TCP,
+                ip_proto::UDP,
+                ip_proto::ICMPV4,
+                ip_proto::ICMPV6,
+            ] {
                 protos.insert(p);
             }
         } else {
@@ -104,7 +111,10 @@ pub(crate) fn compile(rules: &[FilterRule]) -> (Vec<Match>, Vec<RuleError>) {
                 continue;
             }
             match parse_ip_set(&d.ip) {
-                Ok(nets) => dsts.extend(nets.into_iter().map(|net| DstMatch { net, ports: d.ports })),
+                Ok(nets) => dsts.extend(nets.into_iter().map(|net| DstMatch {
+                    net,
+                    ports: d.ports,
+                })),
                 Err(kind) => errors.push(kind.into_error(i, &d.ip)),
             }
         }
@@ -123,16 +133,17 @@ pub(crate) fn matches_full(ms: &[Match], p: &PacketInfo) -> bool {
     ms.iter().any(|m| {
         m.protos.contains(p.proto)
             && src_ok(m, p.src)
-            && m.dsts.iter().any(|d| {
-                d.net.contains(&p.dst) && d.ports.first <= port && port <= d.ports.last
-            })
+            && m.dsts
+                .iter()
+                .any(|d| d.net.contains(&p.dst) && d.ports.first <= port && port <= d.ports.last)
     })
 }
 
 /// `matchIPsOnly`: some rule lets the source reach the destination IP; ports and protocols are
 /// not consulted (used for ICMP that is neither a reply nor an error).
 pub(crate) fn matches_ips_only(ms: &[Match], p: &PacketInfo) -> bool {
-    ms.iter().any(|m| src_ok(m, p.src) && m.dsts.iter().any(|d| d.net.contains(&p.dst)))
+    ms.iter()
+        .any(|m| src_ok(m, p.src) && m.dsts.iter().any(|d| d.net.contains(&p.dst)))
 }
 
 /// `matchProtoAndIPsOnlyIfAllPorts`: for port-less protocols, a rule must list the protocol and
@@ -141,7 +152,9 @@ pub(crate) fn matches_proto_all_ports(ms: &[Match], p: &PacketInfo) -> bool {
     ms.iter().any(|m| {
         m.protos.contains(p.proto)
             && src_ok(m, p.src)
-            && m.dsts.iter().any(|d| d.ports == PortRange::ANY && d.net.contains(&p.dst))
+            && m.dsts
+                .iter()
+                .any(|d| d.ports == PortRange::ANY && d.net.contains(&p.dst))
     })
 }
 
@@ -221,7 +234,11 @@ fn split_range(mut lo: u128, hi: u128, bits: u8) -> Option<Vec<(u128, u8)>> {
         // The largest block aligned at `lo` that does not pass `hi`.
         let mut size_log = u32::from(bits).min(if lo == 0 { 128 } else { lo.trailing_zeros() });
         while size_log > 0 {
-            let last = if size_log >= 128 { u128::MAX } else { lo + ((1u128 << size_log) - 1) };
+            let last = if size_log >= 128 {
+                u128::MAX
+            } else {
+                lo + ((1u128 << size_log) - 1)
+            };
             if last <= hi {
                 break;
             }
@@ -229,7 +246,11 @@ fn split_range(mut lo: u128, hi: u128, bits: u8) -> Option<Vec<(u128, u8)>> {
         }
         let prefix_len = bits.checked_sub(u8::try_from(size_log).ok()?)?;
         out.push((lo, prefix_len));
-        let last = if size_log >= 128 { u128::MAX } else { lo + ((1u128 << size_log) - 1) };
+        let last = if size_log >= 128 {
+            u128::MAX
+        } else {
+            lo + ((1u128 << size_log) - 1)
+        };
         if last >= hi {
             return Some(out);
         }
@@ -247,14 +268,38 @@ mod tests {
 
     #[test]
     fn ip_set_forms() {
-        assert_eq!(parse_ip_set("*").ok().unwrap(), nets(&["0.0.0.0/0", "::/0"]));
-        assert_eq!(parse_ip_set("100.64.0.1").ok().unwrap(), nets(&["100.64.0.1/32"]));
-        assert_eq!(parse_ip_set("fd7a::1").ok().unwrap(), nets(&["fd7a::1/128"]));
-        assert_eq!(parse_ip_set("10.0.0.0/8").ok().unwrap(), nets(&["10.0.0.0/8"]));
-        assert!(matches!(parse_ip_set("10.0.0.1/8"), Err(ParseErrorKind::HostBitsSet)));
-        assert!(matches!(parse_ip_set("nonsense"), Err(ParseErrorKind::BadAddress)));
-        assert!(matches!(parse_ip_set("10.0.0.9-10.0.0.1"), Err(ParseErrorKind::BadRange)));
-        assert!(matches!(parse_ip_set("10.0.0.1-fd7a::1"), Err(ParseErrorKind::BadRange)));
+        assert_eq!(
+            parse_ip_set("*").ok().unwrap(),
+            nets(&["0.0.0.0/0", "::/0"])
+        );
+        assert_eq!(
+            parse_ip_set("100.64.0.1").ok().unwrap(),
+            nets(&["100.64.0.1/32"])
+        );
+        assert_eq!(
+            parse_ip_set("fd7a::1").ok().unwrap(),
+            nets(&["fd7a::1/128"])
+        );
+        assert_eq!(
+            parse_ip_set("10.0.0.0/8").ok().unwrap(),
+            nets(&["10.0.0.0/8"])
+        );
+        assert!(matches!(
+            parse_ip_set("10.0.0.1/8"),
+            Err(ParseErrorKind::HostBitsSet)
+        ));
+        assert!(matches!(
+            parse_ip_set("nonsense"),
+            Err(ParseErrorKind::BadAddress)
+        ));
+        assert!(matches!(
+            parse_ip_set("10.0.0.9-10.0.0.1"),
+            Err(ParseErrorKind::BadRange)
+        ));
+        assert!(matches!(
+            parse_ip_set("10.0.0.1-fd7a::1"),
+            Err(ParseErrorKind::BadRange)
+        ));
     }
 
     #[test]
@@ -274,9 +319,20 @@ mod tests {
                 "100.115.88.0/22",
             ])
         );
-        assert_eq!(parse_ip_set("0.0.0.0-255.255.255.255").ok().unwrap(), nets(&["0.0.0.0/0"]));
-        assert_eq!(parse_ip_set("::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff").ok().unwrap(), nets(&["::/0"]));
-        assert_eq!(parse_ip_set("10.0.0.5-10.0.0.5").ok().unwrap(), nets(&["10.0.0.5/32"]));
+        assert_eq!(
+            parse_ip_set("0.0.0.0-255.255.255.255").ok().unwrap(),
+            nets(&["0.0.0.0/0"])
+        );
+        assert_eq!(
+            parse_ip_set("::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+                .ok()
+                .unwrap(),
+            nets(&["::/0"])
+        );
+        assert_eq!(
+            parse_ip_set("10.0.0.5-10.0.0.5").ok().unwrap(),
+            nets(&["10.0.0.5/32"])
+        );
         assert_eq!(
             parse_ip_set("10.0.0.1-10.0.0.6").ok().unwrap(),
             nets(&["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"])
