@@ -183,7 +183,10 @@ impl MapFrameDecoder {
         };
         let len = u32::from_le_bytes(*len) as usize;
         if len > self.max_frame_len {
-            return Err(MapFrameError::FrameTooLarge { len, max: self.max_frame_len });
+            return Err(MapFrameError::FrameTooLarge {
+                len,
+                max: self.max_frame_len,
+            });
         }
         if len == 0 {
             return Err(MapFrameError::EmptyFrame);
@@ -200,7 +203,9 @@ impl MapFrameDecoder {
             .read_to_end(&mut json)
             .map_err(|e| MapFrameError::Decompress(e.to_string()))?;
         if json.len() > self.max_message_len {
-            return Err(MapFrameError::MessageTooLarge { max: self.max_message_len });
+            return Err(MapFrameError::MessageTooLarge {
+                max: self.max_message_len,
+            });
         }
         self.pos += LEN_PREFIX + len;
         Ok(Some(json))
@@ -212,8 +217,11 @@ mod tests {
     use super::*;
 
     fn sample(i: usize) -> Vec<u8> {
-        format!(r#"{{"KeepAlive":false,"Seq":{i},"Peers":[{}]}}"#, "{\"ID\":1},".repeat(i) + "{}")
-            .into_bytes()
+        format!(
+            r#"{{"KeepAlive":false,"Seq":{i},"Peers":[{}]}}"#,
+            "{\"ID\":1},".repeat(i) + "{}"
+        )
+        .into_bytes()
     }
 
     #[test]
@@ -265,7 +273,10 @@ mod tests {
         dec.feed(&5000u32.to_le_bytes());
         assert_eq!(
             dec.next_message(),
-            Err(MapFrameError::FrameTooLarge { len: 5000, max: 1000 })
+            Err(MapFrameError::FrameTooLarge {
+                len: 5000,
+                max: 1000
+            })
         );
         // Sticky: the stream is out of sync now.
         dec.feed(b"more");
@@ -280,7 +291,10 @@ mod tests {
         assert!(wire.len() < 1000, "a megabyte of spaces compresses well");
         let mut dec = MapFrameDecoder::with_limits(1 << 20, 64 * 1024);
         dec.feed(&wire);
-        assert_eq!(dec.next_message(), Err(MapFrameError::MessageTooLarge { max: 64 * 1024 }));
+        assert_eq!(
+            dec.next_message(),
+            Err(MapFrameError::MessageTooLarge { max: 64 * 1024 })
+        );
     }
 
     #[test]
@@ -298,7 +312,10 @@ mod tests {
         let mut dec = MapFrameDecoder::new();
         dec.feed(&8u32.to_le_bytes());
         dec.feed(b"notzstd!");
-        assert!(matches!(dec.next_message(), Err(MapFrameError::Decompress(_))));
+        assert!(matches!(
+            dec.next_message(),
+            Err(MapFrameError::Decompress(_))
+        ));
 
         // A length prefix that cuts a real zstd frame short.
         let mut wire = Vec::new();
@@ -308,7 +325,10 @@ mod tests {
         cut.extend_from_slice(&wire[4..4 + short as usize]);
         let mut dec = MapFrameDecoder::new();
         dec.feed(&cut);
-        assert!(matches!(dec.next_message(), Err(MapFrameError::Decompress(_))));
+        assert!(matches!(
+            dec.next_message(),
+            Err(MapFrameError::Decompress(_))
+        ));
 
         let mut dec = MapFrameDecoder::new();
         dec.feed(&[0, 0, 0, 0]);

@@ -2,6 +2,8 @@
 //! on a real byte stream, and hyper's HTTP/2 client and server running inside `NoiseStream`.
 //! Run with `cargo test -p proto --features tokio`.
 
+#![allow(clippy::unwrap_used)] // Tests may unwrap (house style); helpers here are not #[test] fns.
+
 use std::convert::Infallible;
 
 use bytes::Bytes;
@@ -39,22 +41,32 @@ async fn connect(early: Option<EarlyPayload>) -> Pair {
     assert_eq!(version, V);
     assert_eq!(client.peer(), server_key.public());
     assert_eq!(client.handshake_hash(), server.handshake_hash());
-    Pair { client, server, early, machine, seen_by_server }
+    Pair {
+        client,
+        server,
+        early,
+        machine,
+        seen_by_server,
+    }
 }
 
 /// Serves HTTP/2 on `server`: echoes the request body's length and sends back `resp_len` bytes.
 fn spawn_h2_server(server: NoiseStream<DuplexStream>, peer: MachinePublic) {
-    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
-        let resp_len: usize =
-            req.headers().get("x-want").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
-        let body = req.into_body().collect().await.unwrap().to_bytes();
-        let resp = Response::builder()
-            .header("x-got", body.len().to_string())
-            .header("x-peer", peer.to_string())
-            .body(Full::new(Bytes::from(vec![b'r'; resp_len])))
-            .unwrap();
-        Ok::<_, Infallible>(resp)
-    });
+    let service =
+        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+            let resp_len: usize = req
+                .headers()
+                .get("x-want")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let resp = Response::builder()
+                .header("x-got", body.len().to_string())
+                .header("x-peer", peer.to_string())
+                .body(Full::new(Bytes::from(vec![b'r'; resp_len])))
+                .unwrap();
+            Ok::<_, Infallible>(resp)
+        });
     tokio::spawn(async move {
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(TokioIo::new(server), service)
@@ -63,9 +75,10 @@ fn spawn_h2_server(server: NoiseStream<DuplexStream>, peer: MachinePublic) {
 }
 
 async fn h2_requests(client: NoiseStream<DuplexStream>, machine: &MachinePublic) {
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
-        .await
-        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let mut tasks = Vec::new();
     for (req_len, resp_len) in [(0usize, 10usize), (300_000, 200_000), (5000, 0)] {
@@ -102,16 +115,26 @@ async fn http2_over_noise_with_early_payload() {
 
 #[tokio::test]
 async fn http2_over_noise_without_early_payload() {
-    // The client peeks at the server's first bytes (HTTP/2 SETTINGS) and must hand them back.
-    let p = connect(None).await;
-    assert_eq!(p.early, None);
-    spawn_h2_server(p.server, p.seen_by_server);
-    h2_requests(p.client, &p.machine.public()).await;
+    // With no early payload, `client_finish` decides from the server's first bytes (HTTP/2
+    // SETTINGS, which hyper's server sends at once) and must hand them back to the client.
+    let machine = MachinePrivate::generate(&mut OsRng);
+    let server_key = MachinePrivate::generate(&mut OsRng);
+    let (hs, init) = ClientHandshake::start(&machine, &server_key.public(), V, &mut OsRng).unwrap();
+    let (cio, sio) = duplex(64 * 1024);
+    let server_task = tokio::spawn(async move {
+        let (server, peer, _) = server_accept(sio, &server_key, &init, None).await.unwrap();
+        spawn_h2_server(server, peer);
+        peer
+    });
+    let (client, early) = client_finish(cio, hs, Vec::new()).await.unwrap();
+    assert_eq!(early, None);
+    assert_eq!(server_task.await.unwrap(), machine.public());
+    h2_requests(client, &machine.public()).await;
 }
 
 #[tokio::test]
 async fn plain_bytes_both_ways_and_clean_shutdown() {
-    let mut p = connect(None).await;
+    let mut p = connect(Some(EarlyPayload::default())).await;
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let writer = {
         let data = data.clone();
@@ -163,7 +186,10 @@ async fn stream_writes_are_split_into_max_size_records() {
         rest = &rest[len..];
     }
     assert!(sizes.iter().all(|&s| s <= MAX_FRAME_LEN), "{sizes:?}");
-    assert_eq!(sizes.iter().filter(|&&s| s == MAX_FRAME_LEN).count(), 50_000 / 4077);
+    assert_eq!(
+        sizes.iter().filter(|&&s| s == MAX_FRAME_LEN).count(),
+        50_000 / 4077
+    );
     opener.feed(&wire);
     let mut got = vec![0u8; 60_000];
     let mut n = 0;
@@ -186,13 +212,17 @@ async fn malformed_initiation_gets_an_error_frame() {
     let (srv, cli) = tokio::join!(
         async move {
             // Dropping the server's end after the error frame closes the connection.
-            server_accept(sio, &server_key, &init[..60], None).await.map(|_| ())
+            server_accept(sio, &server_key, &init[..60], None)
+                .await
+                .map(|_| ())
         },
         client_finish(cio, hs, Vec::new())
     );
     assert!(matches!(
         srv,
-        Err(StreamError::Handshake(HandshakeError::WrongInitiationSize { got: 60 }))
+        Err(StreamError::Handshake(
+            HandshakeError::WrongInitiationSize { got: 60 }
+        ))
     ));
     let err = cli.unwrap_err();
     assert!(
@@ -208,7 +238,9 @@ async fn bytes_read_past_the_upgrade_are_used_as_prefix() {
     let (hs, init) = ClientHandshake::start(&machine, &server_key.public(), V, &mut OsRng).unwrap();
     let (mut cio, sio) = duplex(64 * 1024);
     let early = EarlyPayload::new(ChallengePublic::from_bytes([9; 32]));
-    let (mut server, _, _) = server_accept(sio, &server_key, &init, Some(early.clone())).await.unwrap();
+    let (mut server, _, _) = server_accept(sio, &server_key, &init, Some(early.clone()))
+        .await
+        .unwrap();
     server.write_all(b"hello after early").await.unwrap();
     server.flush().await.unwrap();
 
@@ -235,17 +267,23 @@ async fn tampered_record_and_truncated_stream_are_errors() {
     let mut acc = handshake::accept(&server_key, &init, &mut OsRng).unwrap();
     let (mut cio, mut sio) = duplex(64 * 1024);
     let mut wire = acc.response.to_vec();
-    acc.transport.sealer_mut().seal(b"\0\0\0\x04\0\0\0\0\0settings", &mut wire).unwrap();
+    acc.transport
+        .sealer_mut()
+        .seal(b"\0\0\0\x04\0\0\0\0\0settings", &mut wire)
+        .unwrap();
     let mut bad = Vec::new();
-    acc.transport.sealer_mut().seal(b"tamper with me", &mut bad).unwrap();
+    acc.transport
+        .sealer_mut()
+        .seal(b"tamper with me", &mut bad)
+        .unwrap();
     bad[10] ^= 1;
     wire.extend_from_slice(&bad);
     sio.write_all(&wire).await.unwrap();
     let (mut client, early) = client_finish(&mut cio, hs, Vec::new()).await.unwrap();
     assert_eq!(early, None);
-    let mut buf = [0u8; 64];
-    let n = client.read(&mut buf).await.unwrap();
-    assert_eq!(&buf[..n], b"\0\0\0\x04\0\0\0\0\0settings");
+    let mut buf = [0u8; 17];
+    client.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"\0\0\0\x04\0\0\0\0\0settings");
     let err = client.read(&mut buf).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
 
@@ -254,9 +292,15 @@ async fn tampered_record_and_truncated_stream_are_errors() {
     let mut acc = handshake::accept(&server_key, &init, &mut OsRng).unwrap();
     let (cio, mut sio) = duplex(64 * 1024);
     let mut wire = acc.response.to_vec();
-    acc.transport.sealer_mut().seal(b"\xff\xff\xffTX not early", &mut wire).unwrap();
+    acc.transport
+        .sealer_mut()
+        .seal(b"\xff\xff\xffTX not early", &mut wire)
+        .unwrap();
     let mut cut = Vec::new();
-    acc.transport.sealer_mut().seal(b"cut short", &mut cut).unwrap();
+    acc.transport
+        .sealer_mut()
+        .seal(b"cut short", &mut cut)
+        .unwrap();
     wire.extend_from_slice(&cut[..cut.len() - 3]);
     sio.write_all(&wire).await.unwrap();
     drop(sio);

@@ -172,11 +172,17 @@ async fn ping(client: &LocalClient, args: PingArgs) -> Result<ExitCode, String> 
             args.target, args.count
         ));
     }
-    let lost = usize::try_from(args.count)
+    // The daemon stops early once a pong arrives over a direct path; pings after the last
+    // answered one were never sent.
+    let sent = pongs.iter().map(|p| p.seq + 1).max().unwrap_or(0);
+    let lost = usize::try_from(sent)
         .unwrap_or(usize::MAX)
         .saturating_sub(pongs.len());
     if lost > 0 {
-        eprintln!("{lost} of {} pings got no answer", args.count);
+        eprintln!("{lost} of {sent} pings got no answer");
+    }
+    if pongs.last().is_some_and(|p| matches!(p.path, crate::ipn::Path::Direct { .. })) {
+        eprintln!("direct connection established");
     }
     Ok(ExitCode::SUCCESS)
 }

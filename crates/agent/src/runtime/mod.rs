@@ -559,6 +559,10 @@ impl Driver {
             ClientEvent::Disconnected(reason) => {
                 tracing::info!(%reason, "control connection lost; the data plane keeps running");
                 self.health = vec![format!("control: {reason}")];
+                // A user waiting on `up` hears at once why; the client keeps retrying.
+                if let Some((tx, _)) = self.pending_up.take() {
+                    let _ = tx.send(Err(BackendError::Control(format!("{reason} (the agent keeps retrying)"))));
+                }
             }
             ClientEvent::NetMap(nm, _changes) => self.apply_netmap(nm, tun_tx, now).await,
             _ => {}

@@ -46,7 +46,9 @@ pub enum EarlyError {
 impl EarlyPayload {
     /// A payload carrying `challenge`.
     pub fn new(challenge: ChallengePublic) -> Self {
-        Self { node_key_challenge: challenge }
+        Self {
+            node_key_challenge: challenge,
+        }
     }
 
     /// Appends magic, length and JSON to `out` (plaintext, to be sealed).
@@ -55,7 +57,9 @@ impl EarlyPayload {
         let len = u32::try_from(json.len())
             .ok()
             .filter(|&n| n as usize <= MAX_JSON_LEN)
-            .ok_or(EarlyError::TooLarge { len: json.len() as u64 })?;
+            .ok_or(EarlyError::TooLarge {
+                len: json.len() as u64,
+            })?;
         out.reserve(HEADER_LEN + json.len());
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&len.to_be_bytes());
@@ -71,7 +75,10 @@ pub enum EarlyParse {
     /// Not decidable yet: wait until at least `total` bytes have arrived.
     NeedMore { total: usize },
     /// An early payload occupying the first `consumed` bytes; HTTP/2 starts after them.
-    Present { payload: EarlyPayload, consumed: usize },
+    Present {
+        payload: EarlyPayload,
+        consumed: usize,
+    },
     /// No early payload: every byte received so far belongs to HTTP/2.
     Absent,
 }
@@ -94,10 +101,15 @@ pub fn parse(received: &[u8]) -> Result<EarlyParse, EarlyError> {
         return Err(EarlyError::TooLarge { len: len as u64 });
     }
     let Some(json) = rest.get(..len) else {
-        return Ok(EarlyParse::NeedMore { total: HEADER_LEN + len });
+        return Ok(EarlyParse::NeedMore {
+            total: HEADER_LEN + len,
+        });
     };
     let payload = serde_json::from_slice(json)?;
-    Ok(EarlyParse::Present { payload, consumed: HEADER_LEN + len })
+    Ok(EarlyParse::Present {
+        payload,
+        consumed: HEADER_LEN + len,
+    })
 }
 
 #[cfg(test)]
@@ -128,12 +140,21 @@ mod tests {
         out.extend_from_slice(&settings);
         assert_eq!(
             parse(&out).unwrap(),
-            EarlyParse::Present { payload: EarlyPayload::new(challenge()), consumed }
+            EarlyParse::Present {
+                payload: EarlyPayload::new(challenge()),
+                consumed
+            }
         );
         // Every shorter prefix asks for more, with the right target.
         assert_eq!(parse(&out[..3]).unwrap(), EarlyParse::NeedMore { total: 9 });
-        assert_eq!(parse(&out[..9]).unwrap(), EarlyParse::NeedMore { total: consumed });
-        assert_eq!(parse(&out[..consumed - 1]).unwrap(), EarlyParse::NeedMore { total: consumed });
+        assert_eq!(
+            parse(&out[..9]).unwrap(),
+            EarlyParse::NeedMore { total: consumed }
+        );
+        assert_eq!(
+            parse(&out[..consumed - 1]).unwrap(),
+            EarlyParse::NeedMore { total: consumed }
+        );
     }
 
     #[test]
@@ -153,7 +174,12 @@ mod tests {
         assert!(matches!(parse(&big), Err(EarlyError::TooLarge { len }) if len == (10 << 20) + 1));
         let mut at_limit = MAGIC.to_vec();
         at_limit.extend_from_slice(&(10u32 << 20).to_be_bytes());
-        assert_eq!(parse(&at_limit).unwrap(), EarlyParse::NeedMore { total: 9 + (10 << 20) });
+        assert_eq!(
+            parse(&at_limit).unwrap(),
+            EarlyParse::NeedMore {
+                total: 9 + (10 << 20)
+            }
+        );
 
         let mut bad = MAGIC.to_vec();
         bad.extend_from_slice(&3u32.to_be_bytes());
@@ -174,7 +200,10 @@ mod tests {
         msg.extend_from_slice(b"{}");
         assert_eq!(
             parse(&msg).unwrap(),
-            EarlyParse::Present { payload: EarlyPayload::default(), consumed: 11 }
+            EarlyParse::Present {
+                payload: EarlyPayload::default(),
+                consumed: 11
+            }
         );
     }
 }

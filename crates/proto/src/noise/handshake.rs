@@ -137,7 +137,10 @@ pub fn server_reply_len(received: &[u8]) -> Result<Option<usize>, HandshakeError
             Err(HandshakeError::WrongResponseLength { got: len })
         }
         MSG_TYPE_RESPONSE | MSG_TYPE_ERROR => Ok(Some(HEADER_LEN + len)),
-        got => Err(HandshakeError::UnexpectedMessageType { got, want: MSG_TYPE_RESPONSE }),
+        got => Err(HandshakeError::UnexpectedMessageType {
+            got,
+            want: MSG_TYPE_RESPONSE,
+        }),
     }
 }
 
@@ -198,7 +201,13 @@ impl ClientHandshake {
         let k = s.mix_dh(&machine_secret, server.as_bytes(), "computing ss")?;
         tag_field.copy_from_slice(&s.encrypt_and_hash(k, &mut [])?);
 
-        let hs = Self { state: s, machine: machine_secret, ephemeral, server: *server, version };
+        let hs = Self {
+            state: s,
+            machine: machine_secret,
+            ephemeral,
+            server: *server,
+            version,
+        };
         Ok((hs, msg))
     }
 
@@ -215,17 +224,33 @@ impl ClientHandshake {
     /// Completes the handshake with the server's whole reply frame (its length comes from
     /// [`server_reply_len`]). A 0x03 error frame becomes [`HandshakeError::ServerRefused`].
     pub fn finish(self, frame: &[u8]) -> Result<Transport, HandshakeError> {
-        let Self { state: mut s, machine, ephemeral, server, version } = self;
+        let Self {
+            state: mut s,
+            machine,
+            ephemeral,
+            server,
+            version,
+        } = self;
         let want = server_reply_len(frame)?.unwrap_or(HEADER_LEN);
         if frame.len() != want {
-            return Err(HandshakeError::WrongReplySize { got: frame.len(), want });
+            return Err(HandshakeError::WrongReplySize {
+                got: frame.len(),
+                want,
+            });
         }
         let (ty, payload) = match frame {
             [ty, _, _, payload @ ..] => (*ty, payload),
-            _ => return Err(HandshakeError::WrongReplySize { got: frame.len(), want }),
+            _ => {
+                return Err(HandshakeError::WrongReplySize {
+                    got: frame.len(),
+                    want,
+                });
+            }
         };
         if ty == MSG_TYPE_ERROR {
-            return Err(HandshakeError::ServerRefused(String::from_utf8_lossy(payload).into()));
+            return Err(HandshakeError::ServerRefused(
+                String::from_utf8_lossy(payload).into(),
+            ));
         }
         let Ok(payload) = <&[u8; RESPONSE_PAYLOAD_LEN]>::try_from(payload) else {
             return Err(HandshakeError::WrongResponseLength { got: payload.len() });
@@ -300,7 +325,10 @@ pub fn accept_with_min_version(
         return Err(HandshakeError::WrongInitiationLength { got: len });
     }
     if version < min_version {
-        return Err(HandshakeError::UnsupportedVersion { version, min: min_version });
+        return Err(HandshakeError::UnsupportedVersion {
+            version,
+            min: min_version,
+        });
     }
     let mut e_cli = [0u8; 32];
     let mut machine_key = [0u8; 32];
@@ -319,7 +347,12 @@ pub fn accept_with_min_version(
     // -> e, es, s, ss
     s.mix_hash(&e_cli);
     let k = s.mix_dh(&server_secret, &e_cli, "computing es")?;
-    s.decrypt_and_hash(k, &mut machine_key, &machine_tag, "decrypting the machine key")?;
+    s.decrypt_and_hash(
+        k,
+        &mut machine_key,
+        &machine_tag,
+        "decrypting the machine key",
+    )?;
     let k = s.mix_dh(&server_secret, &machine_key, "computing ss")?;
     s.decrypt_and_hash(k, &mut [], &tag, "decrypting the initiation tag")?;
 
@@ -340,7 +373,12 @@ pub fn accept_with_min_version(
     let client = MachinePublic::from_bytes(machine_key);
     let hash = s.handshake_hash();
     let (c2s, s2c) = s.split();
-    Ok(Accepted { client, version, response, transport: Transport::new(s2c, c2s, client, version, hash) })
+    Ok(Accepted {
+        client,
+        version,
+        response,
+        transport: Transport::new(s2c, c2s, client, version, hash),
+    })
 }
 
 #[cfg(test)]
@@ -355,20 +393,29 @@ mod tests {
     const V: u16 = 130;
 
     fn keys() -> (MachinePrivate, MachinePrivate) {
-        (MachinePrivate::generate(&mut OsRng), MachinePrivate::generate(&mut OsRng))
+        (
+            MachinePrivate::generate(&mut OsRng),
+            MachinePrivate::generate(&mut OsRng),
+        )
     }
 
     /// Sends one record each way and checks that it arrives intact.
     fn exchange(client: &mut Transport, server: &mut Transport) {
         let mut wire = Vec::new();
-        client.sealer_mut().seal(b"ping from client", &mut wire).unwrap();
+        client
+            .sealer_mut()
+            .seal(b"ping from client", &mut wire)
+            .unwrap();
         server.opener_mut().feed(&wire);
         let mut buf = [0u8; 64];
         let n = server.opener_mut().read(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"ping from client");
 
         wire.clear();
-        server.sealer_mut().seal(b"pong from server", &mut wire).unwrap();
+        server
+            .sealer_mut()
+            .seal(b"pong from server", &mut wire)
+            .unwrap();
         client.opener_mut().feed(&wire);
         let n = client.opener_mut().read(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"pong from server");
@@ -379,7 +426,11 @@ mod tests {
         let (machine, server) = keys();
         let (hs, init) = ClientHandshake::start(&machine, &server.public(), V, &mut OsRng).unwrap();
         assert_eq!(init.len(), 101);
-        assert_eq!(init[..5], [0x00, 0x82, 0x01, 0x00, 0x60], "v130, initiation, length 96");
+        assert_eq!(
+            init[..5],
+            [0x00, 0x82, 0x01, 0x00, 0x60],
+            "v130, initiation, length 96"
+        );
 
         let mut acc = accept(&server, &init, &mut OsRng).unwrap();
         assert_eq!(acc.client, machine.public());
@@ -408,7 +459,10 @@ mod tests {
         let tx = ChaCha20Poly1305::new(&our_tx.into());
         let first = tx.decrypt(&nonce(0).into(), &wire[3..3 + 5 + 16]).unwrap();
         let second = tx.decrypt(&nonce(1).into(), &wire[3 + 21 + 3..]).unwrap();
-        assert_eq!((first.as_slice(), second.as_slice()), (&b"first"[..], &b"second"[..]));
+        assert_eq!(
+            (first.as_slice(), second.as_slice()),
+            (&b"first"[..], &b"second"[..])
+        );
 
         let rx = ChaCha20Poly1305::new(&our_rx.into());
         let ct = rx.encrypt(&nonce(0).into(), &b"hello"[..]).unwrap();
@@ -434,7 +488,10 @@ mod tests {
             .unwrap();
         let mut payload = [0u8; 64];
         assert_eq!(responder.read_message(&init[5..], &mut payload).unwrap(), 0);
-        assert_eq!(responder.get_remote_static().unwrap(), machine.public().as_bytes());
+        assert_eq!(
+            responder.get_remote_static().unwrap(),
+            machine.public().as_bytes()
+        );
         let mut msg2 = [0u8; 48];
         assert_eq!(responder.write_message(&[], &mut msg2).unwrap(), 48);
         let mut response = vec![0x02, 0x00, 0x30];
@@ -469,8 +526,16 @@ mod tests {
         let mut acc = accept(&server, &init, &mut OsRng).unwrap();
         assert_eq!(acc.client, machine.public());
         let mut payload = [0u8; 64];
-        assert_eq!(initiator.read_message(&acc.response[3..], &mut payload).unwrap(), 0);
-        assert_eq!(acc.transport.handshake_hash(), initiator.get_handshake_hash());
+        assert_eq!(
+            initiator
+                .read_message(&acc.response[3..], &mut payload)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            acc.transport.handshake_hash(),
+            initiator.get_handshake_hash()
+        );
         let (k1, k2) = initiator.dangerously_get_raw_split();
         // Server tx = split #2, rx = split #1.
         check_keys(&mut acc.transport, k2, k1);
@@ -489,7 +554,10 @@ mod tests {
         let mut bad = init;
         bad[2] = 0x02;
         let err = accept(&server, &bad, &mut OsRng).unwrap_err();
-        assert_eq!(err, HandshakeError::UnexpectedMessageType { got: 2, want: 1 });
+        assert_eq!(
+            err,
+            HandshakeError::UnexpectedMessageType { got: 2, want: 1 }
+        );
         assert_eq!(err.client_hint(), Some("unexpected handshake message type"));
 
         let mut bad = init;
@@ -500,9 +568,21 @@ mod tests {
 
         let (_, old) = ClientHandshake::start(&machine, &server.public(), 1, &mut OsRng).unwrap();
         let err = accept(&server, &old, &mut OsRng).unwrap_err();
-        assert_eq!(err, HandshakeError::UnsupportedVersion { version: 1, min: MIN_PROTOCOL_VERSION });
+        assert_eq!(
+            err,
+            HandshakeError::UnsupportedVersion {
+                version: 1,
+                min: MIN_PROTOCOL_VERSION
+            }
+        );
         let err = accept_with_min_version(&server, &init, 131, &mut OsRng).unwrap_err();
-        assert_eq!(err, HandshakeError::UnsupportedVersion { version: V, min: 131 });
+        assert_eq!(
+            err,
+            HandshakeError::UnsupportedVersion {
+                version: V,
+                min: 131
+            }
+        );
     }
 
     #[test]
@@ -519,19 +599,32 @@ mod tests {
 
         let other = MachinePrivate::generate(&mut OsRng);
         let err = accept(&other, &init, &mut OsRng).unwrap_err();
-        assert_eq!(err, HandshakeError::Decrypt { stage: "decrypting the machine key" });
+        assert_eq!(
+            err,
+            HandshakeError::Decrypt {
+                stage: "decrypting the machine key"
+            }
+        );
 
         for i in 5..101 {
             let mut t = init;
             t[i] ^= 0x01;
-            assert!(accept(&server, &t, &mut OsRng).is_err(), "flipped byte {i} accepted");
+            assert!(
+                accept(&server, &t, &mut OsRng).is_err(),
+                "flipped byte {i} accepted"
+            );
         }
 
         // A low-order (all-zero) ephemeral key is refused, not turned into a zero secret.
         let mut zero_e = init;
         zero_e[5..37].fill(0);
         let err = accept(&server, &zero_e, &mut OsRng).unwrap_err();
-        assert_eq!(err, HandshakeError::WeakKey { stage: "computing es" });
+        assert_eq!(
+            err,
+            HandshakeError::WeakKey {
+                stage: "computing es"
+            }
+        );
     }
 
     #[test]
@@ -545,19 +638,27 @@ mod tests {
         tampered[40] ^= 0x80;
         assert_eq!(
             hs.finish(&tampered).unwrap_err(),
-            HandshakeError::Decrypt { stage: "decrypting the response tag" }
+            HandshakeError::Decrypt {
+                stage: "decrypting the response tag"
+            }
         );
 
         // A response meant for another handshake does not authenticate.
         let (hs, _) = start();
-        assert!(matches!(hs.finish(&acc.response), Err(HandshakeError::Decrypt { .. })));
+        assert!(matches!(
+            hs.finish(&acc.response),
+            Err(HandshakeError::Decrypt { .. })
+        ));
 
         let (hs, _) = start();
         let mut frame = Vec::new();
         encode_error_frame("wrong handshake initiation size", &mut frame);
         assert_eq!(server_reply_len(&frame[..3]), Ok(Some(frame.len())));
         let err = hs.finish(&frame).unwrap_err();
-        assert_eq!(err, HandshakeError::ServerRefused("wrong handshake initiation size".into()));
+        assert_eq!(
+            err,
+            HandshakeError::ServerRefused("wrong handshake initiation size".into())
+        );
         assert!(err.to_string().contains("wrong handshake initiation size"));
 
         assert_eq!(server_reply_len(&[0x02, 0x00]), Ok(None));

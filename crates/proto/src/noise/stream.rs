@@ -17,9 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::early::{self, EarlyError, EarlyParse, EarlyPayload};
 use super::handshake::{self, ClientHandshake, HandshakeError};
-use super::transport::{
-    MAX_PLAINTEXT_LEN, Opener, Sealer, Transport, TransportError, sealed_len,
-};
+use super::transport::{MAX_PLAINTEXT_LEN, Opener, Sealer, Transport, TransportError, sealed_len};
 use crate::keys::{MachinePrivate, MachinePublic};
 
 /// Largest plaintext a single `poll_write` accepts (16 records).
@@ -83,8 +81,11 @@ impl<T> NoiseStream<T> {
     /// Wraps `io` with a finished handshake. `prefix` holds ciphertext already read from `io`
     /// past the handshake (e.g. hyper's upgrade `read_buf`); it is processed first.
     pub fn new(io: T, transport: Transport, prefix: impl Into<Vec<u8>>) -> Self {
-        let (peer, version, handshake_hash) =
-            (transport.peer(), transport.version(), transport.handshake_hash());
+        let (peer, version, handshake_hash) = (
+            transport.peer(),
+            transport.version(),
+            transport.handshake_hash(),
+        );
         let (sealer, mut opener) = transport.into_parts();
         let prefix = prefix.into();
         if !prefix.is_empty() {
@@ -161,7 +162,10 @@ impl<T: AsyncWrite + Unpin> NoiseStream<T> {
 
     fn check_write_failed(&self) -> io::Result<()> {
         match self.write_failed {
-            Some(kind) => Err(io::Error::new(kind, "an earlier write on the Noise stream failed")),
+            Some(kind) => Err(io::Error::new(
+                kind,
+                "an earlier write on the Noise stream failed",
+            )),
             None => Ok(()),
         }
     }
@@ -229,9 +233,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for NoiseStream<T> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let chunk = buf.get(..buf.len().min(MAX_WRITE_CHUNK)).unwrap_or_default();
+        let chunk = buf
+            .get(..buf.len().min(MAX_WRITE_CHUNK))
+            .unwrap_or_default();
         this.wbuf.reserve(sealed_len(chunk.len()));
-        this.sealer.seal(chunk, &mut this.wbuf).map_err(transport_to_io)?;
+        this.sealer
+            .seal(chunk, &mut this.wbuf)
+            .map_err(transport_to_io)?;
         // Push the records out now if the writer is ready; if not, they go on the next write or
         // flush. An error here cannot undo the accepted bytes, so it is reported next time.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
@@ -331,7 +339,9 @@ pub async fn client_finish<T: AsyncRead + AsyncWrite + Unpin>(
                 let want = (total - plain.len()).max(1);
                 let start = plain.len();
                 plain.resize(start + want, 0);
-                let n = stream.read(plain.get_mut(start..).unwrap_or_default()).await?;
+                let n = stream
+                    .read(plain.get_mut(start..).unwrap_or_default())
+                    .await?;
                 plain.truncate(start + n);
                 if n == 0 {
                     // EOF before HTTP/2 began; let the HTTP/2 client report it.

@@ -25,7 +25,6 @@ type HmacBlake2s = SimpleHmac<Blake2s256>;
 
 fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     // HMAC accepts keys of any length (short keys are zero-padded), so this cannot fail.
-    #[allow(clippy::expect_used)]
     let mut mac = <HmacBlake2s as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     for p in parts {
         mac.update(p);

@@ -93,7 +93,13 @@ impl Transport {
         version: u16,
         handshake_hash: [u8; 32],
     ) -> Self {
-        Self { sealer: Sealer::new(tx_key), opener: Opener::new(rx_key), peer, version, handshake_hash }
+        Self {
+            sealer: Sealer::new(tx_key),
+            opener: Opener::new(rx_key),
+            peer,
+            version,
+            handshake_hash,
+        }
     }
 
     /// The peer's static key: the client's machine key on the server, the server key on the
@@ -136,14 +142,19 @@ pub struct Sealer {
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sealer").field("counter", &self.counter).finish_non_exhaustive()
+        f.debug_struct("Sealer")
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
     }
 }
 
 impl Sealer {
     /// A sealer starting at counter 0.
     pub fn new(key: [u8; 32]) -> Self {
-        Self { aead: ChaCha20Poly1305::new(&key.into()), counter: 0 }
+        Self {
+            aead: ChaCha20Poly1305::new(&key.into()),
+            counter: 0,
+        }
     }
 
     /// The counter the next record will use.
@@ -176,7 +187,9 @@ impl Sealer {
         out.extend_from_slice(&((chunk.len() + TAG_LEN) as u16).to_be_bytes());
         out.extend_from_slice(chunk);
         let body = out.get_mut(start + FRAME_HEADER_LEN..).unwrap_or_default();
-        let sealed = self.aead.encrypt_in_place_detached(&nonce(self.counter).into(), &[], body);
+        let sealed = self
+            .aead
+            .encrypt_in_place_detached(&nonce(self.counter).into(), &[], body);
         let Ok(tag) = sealed else {
             out.truncate(start);
             return Err(TransportError::PlaintextTooLarge { len: chunk.len() });
@@ -293,7 +306,10 @@ impl Opener {
                 }
             }
         }
-        Ok(self.buf.get(self.plain_start..self.plain_end).unwrap_or_default())
+        Ok(self
+            .buf
+            .get(self.plain_start..self.plain_end)
+            .unwrap_or_default())
     }
 
     /// Marks `n` plaintext bytes (from [`Self::plaintext`]) as consumed.
@@ -343,7 +359,11 @@ impl Opener {
 
     /// Moves unconsumed bytes to the front of the buffer so it does not grow without bound.
     fn compact(&mut self) {
-        let keep_from = if self.plain_start < self.plain_end { self.plain_start } else { self.pos };
+        let keep_from = if self.plain_start < self.plain_end {
+            self.plain_start
+        } else {
+            self.pos
+        };
         if keep_from == 0 {
             return;
         }
@@ -401,12 +421,18 @@ mod tests {
         sealer.seal_frame(b"counter one", &mut wire).unwrap();
         let direct = ChaCha20Poly1305::new(&K.into())
             .encrypt(
-                &[0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01].into(),
+                &[
+                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+                ]
+                .into(),
                 &b"counter one"[..],
             )
             .unwrap();
         assert_eq!(wire[0], 0x04);
-        assert_eq!(u16::from_be_bytes([wire[1], wire[2]]) as usize, direct.len());
+        assert_eq!(
+            u16::from_be_bytes([wire[1], wire[2]]) as usize,
+            direct.len()
+        );
         assert_eq!(&wire[3..], &direct[..]);
     }
 
@@ -432,13 +458,19 @@ mod tests {
     fn one_frame_holds_at_most_4077_bytes() {
         let mut sealer = Sealer::new(K);
         let mut wire = Vec::new();
-        sealer.seal_frame(&[0u8; MAX_PLAINTEXT_LEN], &mut wire).unwrap();
+        sealer
+            .seal_frame(&[0u8; MAX_PLAINTEXT_LEN], &mut wire)
+            .unwrap();
         assert_eq!(wire.len(), MAX_FRAME_LEN);
         assert_eq!(
             sealer.seal_frame(&[0u8; MAX_PLAINTEXT_LEN + 1], &mut wire),
             Err(TransportError::PlaintextTooLarge { len: 4078 })
         );
-        assert_eq!(wire.len(), MAX_FRAME_LEN, "a refused frame leaves no bytes behind");
+        assert_eq!(
+            wire.len(),
+            MAX_FRAME_LEN,
+            "a refused frame leaves no bytes behind"
+        );
     }
 
     #[test]
@@ -519,13 +551,23 @@ mod tests {
         // Oversize is caught from the header alone, before the body arrives.
         let mut opener = Opener::new(K);
         opener.feed(&[0x04, 0x10, 0x00]);
-        assert_eq!(opener.plaintext().unwrap_err(), TransportError::FrameTooLarge { len: 4099 });
+        assert_eq!(
+            opener.plaintext().unwrap_err(),
+            TransportError::FrameTooLarge { len: 4099 }
+        );
         let mut opener = Opener::new(K);
         opener.feed(&[0x04, 0x0f, 0xfd]);
-        assert_eq!(opener.plaintext().unwrap(), b"", "4093-byte ciphertext is allowed; waiting");
+        assert_eq!(
+            opener.plaintext().unwrap(),
+            b"",
+            "4093-byte ciphertext is allowed; waiting"
+        );
         let mut opener = Opener::new(K);
         opener.feed(&[0x04, 0x00, 0x0f]);
-        assert_eq!(opener.plaintext().unwrap_err(), TransportError::FrameTooShort { len: 15 });
+        assert_eq!(
+            opener.plaintext().unwrap_err(),
+            TransportError::FrameTooShort { len: 15 }
+        );
     }
 
     #[test]
