@@ -53,6 +53,11 @@ pub(crate) fn check_serve_support(bin: &Path) -> Result<(), String> {
 pub struct AuthKey(String);
 
 impl AuthKey {
+    /// Wraps a key read from `control keys create` output (see `topology.rs`).
+    pub(crate) fn from_secret(key: String) -> Self {
+        AuthKey(key)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ pub struct HttpReply {
 pub struct TestEnv {
     name: String,
     procs: Vec<Proc>,
+    /// Logs of processes started outside [`TestEnv::spawn`] (e.g. by a `topology::Lan`), printed
+    /// on failure like the others. A mutex because their owner holds only `&TestEnv`.
+    extra_logs: Mutex<Vec<(String, PathBuf)>>,
     run_dir: PathBuf,
     tools: Tools,
     netns: Netns,
@@ -59,6 +63,7 @@ impl TestEnv {
         Ok(TestEnv {
             name: name.to_owned(),
             procs: Vec::new(),
+            extra_logs: Mutex::new(Vec::new()),
             run_dir,
             tools,
             netns,
@@ -211,6 +216,13 @@ impl TestEnv {
         })
     }
 
+    /// Registers the log of a process this environment did not start, so that a failure prints
+    /// its tail too.
+    pub fn add_log(&self, name: &str, path: &Path) {
+        let mut logs = self.extra_logs.lock().unwrap_or_else(|p| p.into_inner());
+        logs.push((name.to_owned(), path.to_path_buf()));
+    }
+
     /// Prints the tail of every captured log (used on failure).
     pub fn dump_logs(&self) {
         report(format_args!(
@@ -224,6 +236,14 @@ impl TestEnv {
                 proc.name(),
                 proc.log_path().display(),
                 tail(proc.log_path(), FAILURE_TAIL_LINES)
+            ));
+        }
+        let extra = self.extra_logs.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, path) in extra.iter() {
+            report(format_args!(
+                "----- {name} ({}), last {FAILURE_TAIL_LINES} lines -----\n{}",
+                path.display(),
+                tail(path, FAILURE_TAIL_LINES)
             ));
         }
         report(format_args!("----- end of logs for {} -----", self.name));

@@ -25,6 +25,7 @@ mod control;
 mod env;
 mod netns;
 mod process;
+mod topology;
 mod wait;
 
 use std::io::Write as _;
@@ -35,6 +36,10 @@ pub use control::{AuthKey, ControlServer, NodeStatus};
 pub use env::{HttpReply, TestEnv};
 pub use netns::{Netns, ip_bin};
 pub use process::{Proc, Spawn};
+pub use topology::{
+    AGENT_PORT, CONTROL_PORT, DERP_PORT, HUB_IP, Host, KeyOptions, Lan, STUN_PORT, TUN_NAME,
+    backend_state, node_ipv4, path_kind, peer, peer_names,
+};
 pub use wait::{Check, free_port, wait_until};
 
 /// What a test needs before it can run; anything missing makes it skip.

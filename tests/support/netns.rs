@@ -30,6 +30,22 @@ impl Netns {
     /// Creates a fresh namespace with `lo` up and the dead-end veth pair, and checks that it has
     /// no route off the machine.
     pub fn new() -> anyhow::Result<Self> {
+        let ns = Netns::new_bare()?;
+        let n = ns.name.as_str();
+        ip(&[
+            "-n", n, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+        ])?;
+        ip(&["-n", n, "addr", "add", VETH_ADDR, "dev", "veth0"])?;
+        ip(&["-n", n, "link", "set", "veth0", "up"])?;
+        ip(&["-n", n, "link", "set", "veth1", "up"])?;
+        ns.check_isolated()?;
+        Ok(ns)
+    }
+
+    /// Creates a fresh namespace holding only `lo` (up), named and swept like the others. The
+    /// caller adds its own links (see `topology.rs`) and must keep it free of routes off the
+    /// machine.
+    pub fn new_bare() -> anyhow::Result<Self> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         sweep_stale();
         let name = format!(
@@ -40,15 +56,7 @@ impl Netns {
         ip(&["netns", "add", &name])?;
         // From here on Drop deletes the namespace, even if a later step fails.
         let ns = Netns { name };
-        let n = ns.name.as_str();
-        ip(&["-n", n, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n", n, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-        ])?;
-        ip(&["-n", n, "addr", "add", VETH_ADDR, "dev", "veth0"])?;
-        ip(&["-n", n, "link", "set", "veth0", "up"])?;
-        ip(&["-n", n, "link", "set", "veth1", "up"])?;
-        ns.check_isolated()?;
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
         Ok(ns)
     }
 
@@ -71,6 +79,12 @@ impl Netns {
                 );
             }
         }
+        self.check_no_route_out()
+    }
+
+    /// Fails if the namespace has a default route or any route through a gateway, i.e. a way to
+    /// send packets anywhere but to directly attached links.
+    pub fn check_no_route_out(&self) -> anyhow::Result<()> {
         for family in ["-4", "-6"] {
             let routes = ip(&["-n", &self.name, family, "route", "show", "table", "all"])?;
             for line in routes.lines() {

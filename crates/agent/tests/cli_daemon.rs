@@ -216,7 +216,10 @@ fn up_reports_an_unreachable_server_and_saves_prefs_without_the_auth_key() {
     ]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("cannot reach the control server at http://127.0.0.1:1"), "{err}");
+    assert!(
+        err.contains("cannot reach the control server at http://127.0.0.1:1"),
+        "{err}"
+    );
 
     let prefs = fs::read_to_string(daemon.state_dir.join("prefs.json")).unwrap();
     assert!(prefs.contains("http://127.0.0.1:1"), "{prefs}");

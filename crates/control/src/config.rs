@@ -16,7 +16,10 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
@@ -201,15 +204,28 @@ impl ServeArgs {
     }
 
     fn finish(self) -> Result<Settings, ConfigError> {
-        let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-        let server_url = self.server_url.unwrap_or_else(|| format!("http://{listen}"));
-        let url_host = url_host(&server_url)
-            .ok_or_else(|| ConfigError::Invalid(format!("--server-url {server_url:?} is not an http:// or https:// URL")))?;
-        let db = self.db.unwrap_or_else(|| PathBuf::from("/var/lib/control/control.db"));
-        let data_dir = self
-            .data_dir
-            .unwrap_or_else(|| db.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")));
-        let base_domain = self.base_domain.unwrap_or_else(|| "tailnet.internal".to_string());
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let server_url = self
+            .server_url
+            .unwrap_or_else(|| format!("http://{listen}"));
+        let url_host = url_host(&server_url).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "--server-url {server_url:?} is not an http:// or https:// URL"
+            ))
+        })?;
+        let db = self
+            .db
+            .unwrap_or_else(|| PathBuf::from("/var/lib/control/control.db"));
+        let data_dir = self.data_dir.unwrap_or_else(|| {
+            db.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."))
+        });
+        let base_domain = self
+            .base_domain
+            .unwrap_or_else(|| "tailnet.internal".to_string());
         let base_domain = base_domain.trim_matches('.').to_ascii_lowercase();
         if base_domain.is_empty() || base_domain.eq_ignore_ascii_case(&url_host) {
             return Err(ConfigError::Invalid(format!(
@@ -219,20 +235,28 @@ impl ServeArgs {
         let defaults = crate::state::TailnetConfig::default();
         let ipv4_pool = self.ipv4_prefix.unwrap_or(defaults.ipv4_pool).trunc();
         if !defaults.ipv4_pool.contains(&ipv4_pool) {
-            return Err(ConfigError::Invalid(format!("--ipv4-prefix {ipv4_pool} must be inside 100.64.0.0/10")));
+            return Err(ConfigError::Invalid(format!(
+                "--ipv4-prefix {ipv4_pool} must be inside 100.64.0.0/10"
+            )));
         }
         let ipv6_pool = self.ipv6_prefix.unwrap_or(defaults.ipv6_pool).trunc();
         if !defaults.ipv6_pool.contains(&ipv6_pool) {
-            return Err(ConfigError::Invalid(format!("--ipv6-prefix {ipv6_pool} must be inside fd7a:115c:a1e0::/48")));
+            return Err(ConfigError::Invalid(format!(
+                "--ipv6-prefix {ipv6_pool} must be inside fd7a:115c:a1e0::/48"
+            )));
         }
         let node_key_expiry = match self.node_key_expiry.as_deref() {
             None => defaults.node_key_expiry,
             Some("never" | "0") => None,
-            Some(s) => Some(parse_duration(s).map_err(|e| ConfigError::Invalid(format!("--node-key-expiry: {e}")))?),
+            Some(s) => Some(
+                parse_duration(s)
+                    .map_err(|e| ConfigError::Invalid(format!("--node-key-expiry: {e}")))?,
+            ),
         };
         let ephemeral_grace = match self.ephemeral_grace.as_deref() {
             None => defaults.ephemeral_grace,
-            Some(s) => parse_duration(s).map_err(|e| ConfigError::Invalid(format!("--ephemeral-grace: {e}")))?,
+            Some(s) => parse_duration(s)
+                .map_err(|e| ConfigError::Invalid(format!("--ephemeral-grace: {e}")))?,
         };
         let derp_port = self.derp_port.unwrap_or(8443);
         let derp = (derp_port != 0).then(|| DerpSettings {
@@ -242,12 +266,19 @@ impl ServeArgs {
             region_id: self.derp_region_id.unwrap_or(999),
             cert: self.derp_cert.clone().zip(self.derp_key.clone()),
         });
-        let mut split = self.dns.as_ref().map(|d| d.split.clone()).unwrap_or_default();
+        let mut split = self
+            .dns
+            .as_ref()
+            .map(|d| d.split.clone())
+            .unwrap_or_default();
         for f in &self.split_dns_flags {
-            let (suffix, resolvers) = f
-                .split_once('=')
-                .ok_or_else(|| ConfigError::Invalid(format!("--split-dns {f:?}: use suffix=resolver[;resolver]")))?;
-            split.insert(suffix.trim_matches('.').to_string(), resolvers.split(';').map(str::to_string).collect());
+            let (suffix, resolvers) = f.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!("--split-dns {f:?}: use suffix=resolver[;resolver]"))
+            })?;
+            split.insert(
+                suffix.trim_matches('.').to_string(),
+                resolvers.split(';').map(str::to_string).collect(),
+            );
         }
         Ok(Settings {
             listen,
@@ -282,13 +313,21 @@ impl ServeArgs {
 }
 
 fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// The host part of an http(s) URL (without port or brackets).
 pub fn url_host(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
     let authority = rest.split('/').next()?;
     let host = if let Some(v6) = authority.strip_prefix('[') {
         v6.split(']').next()?
@@ -307,7 +346,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             num.push(c);
             continue;
         }
-        let n: i64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 15m, 12h or 180d"))?;
+        let n: i64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration like 30s, 15m, 12h or 180d"))?;
         num.clear();
         total += match c {
             's' => Duration::seconds(n),
@@ -341,8 +382,14 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(url_host("http://127.0.0.1:8080").as_deref(), Some("127.0.0.1"));
-        assert_eq!(url_host("https://ctl.example.com/").as_deref(), Some("ctl.example.com"));
+        assert_eq!(
+            url_host("http://127.0.0.1:8080").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            url_host("https://ctl.example.com/").as_deref(),
+            Some("ctl.example.com")
+        );
         assert_eq!(url_host("http://[::1]:80").as_deref(), Some("::1"));
         assert_eq!(url_host("ftp://x"), None);
     }
@@ -352,7 +399,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "base_domain = \"corp.ts\"\nderp_port = 0\n[dns.split]\n\"corp.example\" = [\"10.0.0.53\"]\n").unwrap();
-        let args = ServeArgs { config: Some(f), stun_port: Some(3479), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(f),
+            stun_port: Some(3479),
+            ..Default::default()
+        };
         let s = args.resolve().unwrap();
         assert_eq!(s.tailnet.base_domain, "corp.ts");
         assert!(s.derp.is_none());
@@ -366,7 +417,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("control.toml");
         std::fs::write(&f, include_str!("../../../systemd/control.toml.example")).unwrap();
-        let s = ServeArgs { config: Some(f), ..Default::default() }.resolve().unwrap();
+        let s = ServeArgs {
+            config: Some(f),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
         assert_eq!(s.tailnet.base_domain, "corp.example");
         assert_eq!(s.dns.extra_records.len(), 1);
         assert_eq!(s.dns.split.len(), 1);
@@ -375,12 +431,25 @@ mod tests {
 
     #[test]
     fn rejects_bad_settings() {
-        let bad = ServeArgs { ipv4_prefix: Some("10.0.0.0/8".parse().unwrap()), ..Default::default() };
-        assert!(bad.resolve().unwrap_err().to_string().contains("100.64.0.0/10"));
+        let bad = ServeArgs {
+            ipv4_prefix: Some("10.0.0.0/8".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(
+            bad.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("100.64.0.0/10")
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "nonsense = 1\n").unwrap();
-        let err = ServeArgs { config: Some(f), ..Default::default() }.resolve().unwrap_err();
+        let err = ServeArgs {
+            config: Some(f),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert!(err.to_string().contains("nonsense"), "{err}");
     }
 }

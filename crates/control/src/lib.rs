@@ -11,11 +11,11 @@
 //! - [`api`]: the admin REST API shaped like Tailscale's API v2.
 //! - [`cli`]: the admin commands (`control keys|nodes|routes|users|policy|apikeys|audit`).
 
-pub mod model;
-pub mod policy;
-pub mod store;
 pub mod api;
 pub mod config;
 pub mod mapper;
+pub mod model;
+pub mod policy;
 pub mod server;
 pub mod state;
+pub mod store;

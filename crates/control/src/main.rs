@@ -7,7 +7,12 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "control", version, about = "Tailnet coordination server", propagate_version = true)]
+#[command(
+    name = "control",
+    version,
+    about = "Tailnet coordination server",
+    propagate_version = true
+)]
 struct Cli {
     /// Log filter (also RUST_LOG), e.g. `info` or `control=debug`.
     #[arg(long, global = true, env = "CONTROL_LOG", default_value = "info")]
@@ -35,7 +40,10 @@ fn main() -> std::process::ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -77,7 +85,10 @@ async fn serve(args: control::config::ServeArgs) -> anyhow::Result<()> {
 
 pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, Ctrl-C still ends the process the default way.
         std::future::pending::<()>().await;
         return;

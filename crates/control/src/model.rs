@@ -114,7 +114,10 @@ impl Node {
 
     /// Routes both advertised and approved: the ones that may carry traffic.
     pub fn enabled_routes(&self) -> Vec<IpNet> {
-        self.advertised_routes().into_iter().filter(|r| self.approved_routes.contains(r)).collect()
+        self.advertised_routes()
+            .into_iter()
+            .filter(|r| self.approved_routes.contains(r))
+            .collect()
     }
 }
 

@@ -1,6 +1,9 @@
 //! `control derp`: the standalone relay prints a DERP map region whose `CertName` pin and port
 //! let two clients connect over pinned TLS and relay a packet; a wrong pin is refused.
 
+// Test helpers may panic on setup failures; that is a failed test, not a crash.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -23,7 +26,15 @@ impl Drop for Relay {
 /// Starts `control derp` and reads the DERP map it prints (a pretty JSON object).
 fn start_relay(state: &std::path::Path) -> (Relay, DerpMap) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
-        .args(["derp", "--listen", "127.0.0.1:0", "--hostname", "127.0.0.1", "--stun-port", "0"])
+        .args([
+            "derp",
+            "--listen",
+            "127.0.0.1:0",
+            "--hostname",
+            "127.0.0.1",
+            "--stun-port",
+            "0",
+        ])
         .arg("--state-dir")
         .arg(state)
         .stdout(Stdio::piped())
@@ -58,7 +69,11 @@ async fn standalone_relay_serves_pinned_derp() {
     let (_relay, map) = start_relay(dir.path());
     let region = map.regions.get(&900).expect("region 900");
     let node = &region.nodes[0];
-    assert!(node.cert_name.starts_with("sha256-raw:"), "self-signed cert is pinned: {}", node.cert_name);
+    assert!(
+        node.cert_name.starts_with("sha256-raw:"),
+        "self-signed cert is pinned: {}",
+        node.cert_name
+    );
     let url = format!("https://127.0.0.1:{}/derp", node.derp_port);
     let roots = Arc::new(rustls::RootCertStore::empty());
     let verify = TlsVerify::from_cert_name(Some(&node.cert_name), roots.clone());
@@ -66,13 +81,21 @@ async fn standalone_relay_serves_pinned_derp() {
     let a_key = NodePrivate::generate(&mut rand_core::OsRng);
     let b_key = NodePrivate::generate(&mut rand_core::OsRng);
     let b_pub = b_key.public();
-    let mut a = connect(&DialOptions::new(url.clone(), verify.clone()), ClientConfig::new(a_key.clone(), [1; 32]))
+    let mut a = connect(
+        &DialOptions::new(url.clone(), verify.clone()),
+        ClientConfig::new(a_key.clone(), [1; 32]),
+    )
+    .await
+    .expect("client A connects with the pin");
+    let mut b = connect(
+        &DialOptions::new(url.clone(), verify),
+        ClientConfig::new(b_key, [2; 32]),
+    )
+    .await
+    .expect("client B connects with the pin");
+    a.send_packet(b_pub, b"through the standalone relay")
         .await
-        .expect("client A connects with the pin");
-    let mut b = connect(&DialOptions::new(url.clone(), verify), ClientConfig::new(b_key, [2; 32]))
-        .await
-        .expect("client B connects with the pin");
-    a.send_packet(b_pub, b"through the standalone relay").await.unwrap();
+        .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let ClientEvent::Packet { src, packet } = b.recv().await.unwrap() {
@@ -87,7 +110,11 @@ async fn standalone_relay_serves_pinned_derp() {
 
     // A different pin (as if the certificate were swapped) is refused.
     let wrong = TlsVerify::from_cert_name(Some(&format!("sha256-raw:{}", "00".repeat(32))), roots);
-    let err = connect(&DialOptions::new(url, wrong), ClientConfig::new(NodePrivate::generate(&mut rand_core::OsRng), [3; 32])).await;
+    let err = connect(
+        &DialOptions::new(url, wrong),
+        ClientConfig::new(NodePrivate::generate(&mut rand_core::OsRng), [3; 32]),
+    )
+    .await;
     assert!(err.is_err(), "a wrong pin must fail");
 }
 
@@ -97,7 +124,10 @@ fn relay_identity_and_certificate_survive_restarts() {
     let (r1, m1) = start_relay(dir.path());
     drop(r1);
     let (_r2, m2) = start_relay(dir.path());
-    assert_eq!(m1.regions[&900].nodes[0].cert_name, m2.regions[&900].nodes[0].cert_name);
+    assert_eq!(
+        m1.regions[&900].nodes[0].cert_name,
+        m2.regions[&900].nodes[0].cert_name
+    );
     let key = std::fs::metadata(dir.path().join("derp.key")).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(key.permissions().mode() & 0o777, 0o600);

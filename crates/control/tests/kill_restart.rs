@@ -2,6 +2,9 @@
 //! and restarted on the same database; the device re-registers without an auth key, keeps its
 //! addresses and name, and the admin CLI still lists it.
 
+// Test helpers may panic on setup failures; that is a failed test, not a crash.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::SocketAddr;
@@ -20,7 +23,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn control(db: &std::path::Path) -> Command {
@@ -31,7 +38,13 @@ fn control(db: &std::path::Path) -> Command {
 
 async fn start(db: &std::path::Path, port: u16) -> Server {
     let child = control(db)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--base-domain", "tail.test"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--base-domain",
+            "tail.test",
+        ])
         .args(["--derp-port", "0", "--stun-port", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -47,8 +60,16 @@ async fn start(db: &std::path::Path, port: u16) -> Server {
 }
 
 fn cli_json(db: &std::path::Path, args: &[&str]) -> serde_json::Value {
-    let out = control(db).args(args).args(["--base-domain", "tail.test", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = control(db)
+        .args(args)
+        .args(["--base-domain", "tail.test", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -60,18 +81,38 @@ async fn sigkill_loses_nothing_committed() {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut server = start(&db, port).await;
 
-    let key = cli_json(&db, &["keys", "create"])["key"].as_str().unwrap().to_string();
+    let key = cli_json(&db, &["keys", "create"])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let keys = Keys::generate();
-    let device = Client::connect_with(addr, "survivor", keys.duplicate()).await.unwrap();
+    let device = Client::connect_with(addr, "survivor", keys.duplicate())
+        .await
+        .unwrap();
     let resp = device.register(Some(&key), false).await.unwrap();
     assert_eq!(resp.error, "");
     let mut stream = device.map_stream(&[]).await.unwrap();
-    let first = stream.next(Duration::from_secs(10)).await.expect("first map");
+    let first = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("first map");
     let addresses = first.node.as_ref().unwrap().addresses.clone();
     let policy = dir.path().join("policy.hujson");
-    std::fs::write(&policy, r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:22"]}]}"#).unwrap();
-    let out = control(&db).args(["policy", "set"]).arg(&policy).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &policy,
+        r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:22"]}]}"#,
+    )
+    .unwrap();
+    let out = control(&db)
+        .args(["policy", "set"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // SIGKILL: no shutdown path runs.
     server.0.kill().unwrap();
@@ -80,14 +121,30 @@ async fn sigkill_loses_nothing_committed() {
 
     let device = Client::connect_with(addr, "survivor", keys).await.unwrap();
     let again = device.register(None, false).await.unwrap();
-    assert_eq!(again.error, "", "the known node key re-registers without an auth key");
+    assert_eq!(
+        again.error, "",
+        "the known node key re-registers without an auth key"
+    );
     let mut stream = device.map_stream(&[]).await.unwrap();
-    let map = stream.next(Duration::from_secs(10)).await.expect("map after restart");
+    let map = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("map after restart");
     let node = map.node.as_ref().unwrap();
     assert_eq!(node.addresses, addresses, "same tailnet IPs");
     assert_eq!(node.name, "survivor.tail.test.");
-    let filter = map.packet_filters.get("base").cloned().flatten().unwrap_or_default();
-    assert!(filter.iter().any(|r| r.dst_ports.iter().any(|d| d.ports.first == 22)), "policy survived");
+    let filter = map
+        .packet_filters
+        .get("base")
+        .cloned()
+        .flatten()
+        .unwrap_or_default();
+    assert!(
+        filter
+            .iter()
+            .any(|r| r.dst_ports.iter().any(|d| d.ports.first == 22)),
+        "policy survived"
+    );
     let nodes = cli_json(&db, &["nodes", "list"]);
     let list = nodes.as_array().cloned().unwrap_or_default();
     assert_eq!(list.len(), 1, "{nodes}");

@@ -288,25 +288,24 @@ impl PacketInfo {
 
     /// An ICMP echo reply (v4 type 0, v6 type 129, code 0, full header).
     pub fn is_icmp_echo_reply(&self) -> bool {
-        match (self.proto, self.transport) {
+        matches!(
+            (self.proto, self.transport),
             (
                 ip_proto::ICMPV4,
                 Transport::Icmp {
                     ty: 0,
                     code: 0,
-                    full: true,
-                },
-            ) => true,
-            (
+                    full: true
+                }
+            ) | (
                 ip_proto::ICMPV6,
                 Transport::Icmp {
                     ty: 129,
                     code: 0,
-                    full: true,
-                },
-            ) => true,
-            _ => false,
-        }
+                    full: true
+                }
+            )
+        )
     }
 
     /// An ICMP error message with its full header: v4 unreachable (3), time exceeded (11),

@@ -28,14 +28,20 @@ pub enum KeyParseError {
 fn parse_hex32(prefix: &'static str, s: &str) -> Result<[u8; 32], KeyParseError> {
     let Some(hex_part) = s.strip_prefix(prefix) else {
         let shown: String = s.chars().take(16).collect();
-        return Err(KeyParseError::WrongPrefix { want: prefix, got: shown });
+        return Err(KeyParseError::WrongPrefix {
+            want: prefix,
+            got: shown,
+        });
     };
     let mut out = [0u8; 32];
     if hex_part.len() != 64 {
-        return Err(KeyParseError::BadHex { got: hex_part.len() });
+        return Err(KeyParseError::BadHex {
+            got: hex_part.len(),
+        });
     }
-    hex::decode_to_slice(hex_part, &mut out)
-        .map_err(|_| KeyParseError::BadHex { got: hex_part.len() })?;
+    hex::decode_to_slice(hex_part, &mut out).map_err(|_| KeyParseError::BadHex {
+        got: hex_part.len(),
+    })?;
     Ok(out)
 }
 
@@ -254,21 +260,41 @@ mod tests {
         let s = k.to_string();
         assert!(s.starts_with("nodekey:") && s.len() == 8 + 64);
         assert_eq!(s.parse::<NodePublic>(), Ok(k));
-        assert_eq!(s.to_uppercase().replace("NODEKEY:", "nodekey:").parse::<NodePublic>(), Ok(k));
+        assert_eq!(
+            s.to_uppercase()
+                .replace("NODEKEY:", "nodekey:")
+                .parse::<NodePublic>(),
+            Ok(k)
+        );
     }
 
     #[test]
     fn zero_key_is_written_in_full() {
-        assert_eq!(MachinePublic::zero().to_string(), format!("mkey:{}", "0".repeat(64)));
-        assert_eq!(serde_json::to_string(&DiscoPublic::zero()).ok(), Some(format!("\"discokey:{}\"", "0".repeat(64))));
+        assert_eq!(
+            MachinePublic::zero().to_string(),
+            format!("mkey:{}", "0".repeat(64))
+        );
+        assert_eq!(
+            serde_json::to_string(&DiscoPublic::zero()).ok(),
+            Some(format!("\"discokey:{}\"", "0".repeat(64)))
+        );
     }
 
     #[test]
     fn rejects_bad_text_with_clear_errors() {
-        assert!(matches!("mkey:00".parse::<NodePublic>(), Err(KeyParseError::WrongPrefix { .. })));
-        assert_eq!("nodekey:abc".parse::<NodePublic>(), Err(KeyParseError::BadHex { got: 3 }));
+        assert!(matches!(
+            "mkey:00".parse::<NodePublic>(),
+            Err(KeyParseError::WrongPrefix { .. })
+        ));
+        assert_eq!(
+            "nodekey:abc".parse::<NodePublic>(),
+            Err(KeyParseError::BadHex { got: 3 })
+        );
         let nonhex = format!("nodekey:{}", "zz".repeat(32));
-        assert!(matches!(nonhex.parse::<NodePublic>(), Err(KeyParseError::BadHex { .. })));
+        assert!(matches!(
+            nonhex.parse::<NodePublic>(),
+            Err(KeyParseError::BadHex { .. })
+        ));
     }
 
     #[test]

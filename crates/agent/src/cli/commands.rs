@@ -181,7 +181,10 @@ async fn ping(client: &LocalClient, args: PingArgs) -> Result<ExitCode, String> 
     if lost > 0 {
         eprintln!("{lost} of {sent} pings got no answer");
     }
-    if pongs.last().is_some_and(|p| matches!(p.path, crate::ipn::Path::Direct { .. })) {
+    if pongs
+        .last()
+        .is_some_and(|p| matches!(p.path, crate::ipn::Path::Direct { .. }))
+    {
         eprintln!("direct connection established");
     }
     Ok(ExitCode::SUCCESS)

@@ -73,7 +73,14 @@ impl DerpManager {
     pub fn new(private: NodePrivate, events: mpsc::Sender<DerpEvent>) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        DerpManager { private, map: DerpMap::default(), home: None, conns: BTreeMap::new(), events, roots: Arc::new(roots) }
+        DerpManager {
+            private,
+            map: DerpMap::default(),
+            home: None,
+            conns: BTreeMap::new(),
+            events,
+            roots: Arc::new(roots),
+        }
     }
 
     /// A new DERP map: regions that vanished or changed are reconnected.
@@ -123,7 +130,13 @@ impl DerpManager {
         self.map
             .regions
             .get(&i32::from(region))
-            .map(|r| if r.region_code.is_empty() { r.region_name.clone() } else { r.region_code.clone() })
+            .map(|r| {
+                if r.region_code.is_empty() {
+                    r.region_name.clone()
+                } else {
+                    r.region_code.clone()
+                }
+            })
             .unwrap_or_else(|| format!("region {region}"))
     }
 
@@ -144,7 +157,9 @@ impl DerpManager {
         let idle: Vec<u16> = self
             .conns
             .iter()
-            .filter(|(r, c)| Some(**r) != self.home && now.duration_since(c.last_write) > IDLE_CLOSE)
+            .filter(|(r, c)| {
+                Some(**r) != self.home && now.duration_since(c.last_write) > IDLE_CLOSE
+            })
             .map(|(r, _)| *r)
             .collect();
         for r in idle {
@@ -168,7 +183,11 @@ impl DerpManager {
     }
 
     fn ensure(&mut self, region: u16) {
-        if self.conns.get(&region).is_some_and(|c| !c.task.is_finished()) {
+        if self
+            .conns
+            .get(&region)
+            .is_some_and(|c| !c.task.is_finished())
+        {
             return;
         }
         let Some(def) = self.map.regions.get(&i32::from(region)).cloned() else {
@@ -186,7 +205,14 @@ impl DerpManager {
             self.events.clone(),
             preferred,
         ));
-        self.conns.insert(region, RegionConn { out, task, last_write: Instant::now() });
+        self.conns.insert(
+            region,
+            RegionConn {
+                out,
+                task,
+                last_write: Instant::now(),
+            },
+        );
     }
 }
 
@@ -203,10 +229,17 @@ fn dial_options(def: &DerpRegion, roots: &Arc<rustls::RootCertStore>) -> Vec<Dia
         .filter(|n| !n.stun_only)
         .map(|n| {
             let port = if n.derp_port > 0 { n.derp_port } else { 443 };
-            let host = if n.host_name.contains(':') { format!("[{}]", n.host_name) } else { n.host_name.clone() };
+            let host = if n.host_name.contains(':') {
+                format!("[{}]", n.host_name)
+            } else {
+                n.host_name.clone()
+            };
             let mut opts = DialOptions::new(
                 format!("https://{host}:{port}/derp"),
-                TlsVerify::from_cert_name(Some(n.cert_name.as_str()).filter(|c| !c.is_empty()), Arc::clone(roots)),
+                TlsVerify::from_cert_name(
+                    Some(n.cert_name.as_str()).filter(|c| !c.is_empty()),
+                    Arc::clone(roots),
+                ),
             );
             let port = u16::try_from(port).unwrap_or(443);
             opts.connect_to = n
@@ -214,7 +247,12 @@ fn dial_options(def: &DerpRegion, roots: &Arc<rustls::RootCertStore>) -> Vec<Dia
                 .parse::<std::net::Ipv4Addr>()
                 .ok()
                 .map(|ip| std::net::SocketAddr::from((ip, port)))
-                .or_else(|| n.ipv6.parse::<std::net::Ipv6Addr>().ok().map(|ip| std::net::SocketAddr::from((ip, port))));
+                .or_else(|| {
+                    n.ipv6
+                        .parse::<std::net::Ipv6Addr>()
+                        .ok()
+                        .map(|ip| std::net::SocketAddr::from((ip, port)))
+                });
             opts
         })
         .collect()
@@ -243,10 +281,17 @@ async fn run_region(
             match nat::derp::dial::connect(opts, cfg).await {
                 Ok(conn) => {
                     backoff = Duration::from_millis(100);
-                    let _ = events.send(DerpEvent::State(DerpState::Connected { region })).await;
+                    let _ = events
+                        .send(DerpEvent::State(DerpState::Connected { region }))
+                        .await;
                     tracing::info!(region, url = %opts.url, "DERP connected");
                     let reason = serve(region, conn, &mut rx, &events, &mut preferred).await;
-                    let _ = events.send(DerpEvent::State(DerpState::Disconnected { region, reason: reason.clone() })).await;
+                    let _ = events
+                        .send(DerpEvent::State(DerpState::Disconnected {
+                            region,
+                            reason: reason.clone(),
+                        }))
+                        .await;
                     tracing::info!(region, %reason, "DERP disconnected");
                     if reason == "closed by the agent" {
                         return;

@@ -57,7 +57,11 @@ enum Cmd {
     Down(oneshot::Sender<Result<(), BackendError>>),
     Logout(oneshot::Sender<Result<(), BackendError>>),
     Status(oneshot::Sender<Status>),
-    Ping(String, u32, oneshot::Sender<Result<Vec<PingReply>, BackendError>>),
+    Ping(
+        String,
+        u32,
+        oneshot::Sender<Result<Vec<PingReply>, BackendError>>,
+    ),
     Whois(IpAddr, oneshot::Sender<Result<WhoIs, BackendError>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -77,7 +81,12 @@ pub struct EngineBackend {
 impl EngineBackend {
     /// Binds the UDP socket and starts the driver task. Reconnects to the tailnet at once when
     /// the saved preferences say the node was up.
-    pub async fn start(cfg: RuntimeConfig, state: StateDir, prefs: Prefs, keys: Keys) -> std::io::Result<Self> {
+    pub async fn start(
+        cfg: RuntimeConfig,
+        state: StateDir,
+        prefs: Prefs,
+        keys: Keys,
+    ) -> std::io::Result<Self> {
         let udp = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], cfg.port))).await?;
         let port = udp.local_addr()?.port();
         let (tx, rx) = mpsc::channel(64);
@@ -93,7 +102,13 @@ impl EngineBackend {
             prefs,
             engine: Engine::new(keys.node_private.clone(), now),
             paths: PathManager::new(node_pub, disco, seed),
-            stun: StunClient::new(seed, Families { ipv4: true, ipv6: false }),
+            stun: StunClient::new(
+                seed,
+                Families {
+                    ipv4: true,
+                    ipv6: false,
+                },
+            ),
             derp: DerpManager::new(keys.node_private.clone(), derp_tx),
             keys,
             udp: Arc::new(udp),
@@ -136,7 +151,11 @@ impl Backend for EngineBackend {
     }
 
     fn up(&self, req: UpRequest) -> BackendFuture<'_, Result<UpReply, BackendError>> {
-        Box::pin(async move { self.ask(|tx| Cmd::Up(req, tx)).await.unwrap_or_else(|| Err(gone())) })
+        Box::pin(async move {
+            self.ask(|tx| Cmd::Up(req, tx))
+                .await
+                .unwrap_or_else(|| Err(gone()))
+        })
     }
 
     fn down(&self) -> BackendFuture<'_, Result<(), BackendError>> {
@@ -147,12 +166,24 @@ impl Backend for EngineBackend {
         Box::pin(async move { self.ask(Cmd::Logout).await.unwrap_or_else(|| Err(gone())) })
     }
 
-    fn ping(&self, target: String, count: u32) -> BackendFuture<'_, Result<Vec<PingReply>, BackendError>> {
-        Box::pin(async move { self.ask(|tx| Cmd::Ping(target, count, tx)).await.unwrap_or_else(|| Err(gone())) })
+    fn ping(
+        &self,
+        target: String,
+        count: u32,
+    ) -> BackendFuture<'_, Result<Vec<PingReply>, BackendError>> {
+        Box::pin(async move {
+            self.ask(|tx| Cmd::Ping(target, count, tx))
+                .await
+                .unwrap_or_else(|| Err(gone()))
+        })
     }
 
     fn whois(&self, addr: IpAddr) -> BackendFuture<'_, Result<WhoIs, BackendError>> {
-        Box::pin(async move { self.ask(|tx| Cmd::Whois(addr, tx)).await.unwrap_or_else(|| Err(gone())) })
+        Box::pin(async move {
+            self.ask(|tx| Cmd::Whois(addr, tx))
+                .await
+                .unwrap_or_else(|| Err(gone()))
+        })
     }
 
     fn shutdown(&self) -> BackendFuture<'_, ()> {
@@ -243,7 +274,14 @@ impl Driver {
                 Input::Derp(Some(DerpEvent::Packet(p))) => {
                     self.stun.note_derp_heard(p.region, now);
                     if proto::disco::looks_like_disco(&p.payload) {
-                        let _ = self.paths.handle_disco(Source::Derp { region: p.region, node_key: p.src }, &p.payload, now);
+                        let _ = self.paths.handle_disco(
+                            Source::Derp {
+                                region: p.region,
+                                node_key: p.src,
+                            },
+                            &p.payload,
+                            now,
+                        );
                     } else {
                         self.network_packet(Some(p.src), &p.payload, now);
                     }
@@ -272,7 +310,14 @@ impl Driver {
 
     fn next_deadline(&self) -> Instant {
         let mut d = Instant::now() + Duration::from_secs(1);
-        for t in [self.engine.poll_timeout(), self.paths.poll_timeout(), self.stun.poll_timeout()].into_iter().flatten() {
+        for t in [
+            self.engine.poll_timeout(),
+            self.paths.poll_timeout(),
+            self.stun.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             d = d.min(t);
         }
         if self.control.is_some() {
@@ -293,13 +338,19 @@ impl Driver {
             self.stun.start_report(now);
             self.next_stun = now + RESTUN;
         }
-        if let Some((_, since)) = &self.pending_up {
-            if now.duration_since(*since) > LOGIN_TIMEOUT {
-                if let Some((tx, _)) = self.pending_up.take() {
-                    let reason = self.health.last().cloned().unwrap_or_else(|| "no answer from the control server".into());
-                    let _ = tx.send(Err(BackendError::Control(format!("login timed out after {}s: {reason}", LOGIN_TIMEOUT.as_secs()))));
-                }
-            }
+        if let Some((_, since)) = &self.pending_up
+            && now.duration_since(*since) > LOGIN_TIMEOUT
+            && let Some((tx, _)) = self.pending_up.take()
+        {
+            let reason = self
+                .health
+                .last()
+                .cloned()
+                .unwrap_or_else(|| "no answer from the control server".into());
+            let _ = tx.send(Err(BackendError::Control(format!(
+                "login timed out after {}s: {reason}",
+                LOGIN_TIMEOUT.as_secs()
+            ))));
         }
         self.advance_pings(now);
     }
@@ -323,7 +374,9 @@ impl Driver {
     fn network_packet(&mut self, from: Option<NodePublic>, data: &[u8], now: Instant) {
         match self.engine.handle_network_packet(from, data, now) {
             Ok(_) => {}
-            Err(EngineError::UnknownPeer { key }) => tracing::debug!(peer = %key.short(), "handshake from a node not in our map"),
+            Err(EngineError::UnknownPeer { key }) => {
+                tracing::debug!(peer = %key.short(), "handshake from a node not in our map")
+            }
             Err(e) => tracing::trace!(error = ?e, "inbound packet dropped"),
         }
     }
@@ -336,7 +389,8 @@ impl Driver {
                 let _ = self.udp.try_send_to(t.payload.as_slice(), addr);
             }
             if let Some(region) = path.derp {
-                self.derp.send(region, t.peer, t.payload.as_slice().to_vec(), now);
+                self.derp
+                    .send(region, t.peer, t.payload.as_slice().to_vec(), now);
             }
             self.engine.recycle(t.payload);
         }
@@ -352,10 +406,10 @@ impl Driver {
             let _ = self.udp.try_send_to(&s.payload, s.dest);
         }
         while let Some(w) = self.engine.poll_tun_write() {
-            if let Some(tun) = &self.tun {
-                if let Err(e) = tun.device.write(&w).await {
-                    tracing::debug!(error = %e, "TUN write failed");
-                }
+            if let Some(tun) = &self.tun
+                && let Err(e) = tun.device.write(&w).await
+            {
+                tracing::debug!(error = %e, "TUN write failed");
             }
             self.engine.recycle(w.into_buf());
         }
@@ -371,19 +425,35 @@ impl Driver {
 
     fn handle_path_event(&mut self, ev: PathEvent) {
         match ev {
-            PathEvent::BestAddrChanged { peer, addr, latency } => {
+            PathEvent::BestAddrChanged {
+                peer,
+                addr,
+                latency,
+            } => {
                 tracing::info!(peer = %peer.short(), %addr, latency_ms = latency.as_secs_f64() * 1e3, "direct path");
             }
-            PathEvent::FellBackToDerp { peer } => tracing::info!(peer = %peer.short(), "direct path lost; using DERP"),
-            PathEvent::PingResult { id, latency, path, .. } => {
+            PathEvent::FellBackToDerp { peer } => {
+                tracing::info!(peer = %peer.short(), "direct path lost; using DERP")
+            }
+            PathEvent::PingResult {
+                id, latency, path, ..
+            } => {
                 let path = match path {
                     PingPath::Direct(addr) => crate::ipn::Path::Direct { addr },
-                    PingPath::Derp(region) => crate::ipn::Path::Relay { region_code: self.derp.region_code(region) },
+                    PingPath::Derp(region) => crate::ipn::Path::Relay {
+                        region_code: self.derp.region_code(region),
+                    },
                 };
                 for p in &mut self.pings {
                     if let Some(i) = p.outstanding.iter().position(|(_, t)| *t == id) {
                         let (seq, _) = p.outstanding.remove(i);
-                        p.replies.push(PingReply { seq, from: p.name.clone(), ip: p.ip, path: path.clone(), latency_ms: latency.as_secs_f64() * 1e3 });
+                        p.replies.push(PingReply {
+                            seq,
+                            from: p.name.clone(),
+                            ip: p.ip,
+                            path: path.clone(),
+                            latency_ms: latency.as_secs_f64() * 1e3,
+                        });
                     }
                 }
             }
@@ -406,7 +476,8 @@ impl Driver {
                 endpoints.push((e, EndpointType::STUN));
             }
         }
-        self.paths.set_local_endpoints(endpoints.iter().map(|(a, _)| *a).collect());
+        self.paths
+            .set_local_endpoints(endpoints.iter().map(|(a, _)| *a).collect());
         let home = report.preferred_derp.or(self.derp.home());
         self.paths.set_home_derp(home);
         self.derp.set_home(home);
@@ -441,7 +512,10 @@ impl Driver {
             }
             Cmd::Logout(tx) => {
                 let res = match &self.control {
-                    Some((c, _)) => c.logout().await.map_err(|e| BackendError::Control(e.to_string())),
+                    Some((c, _)) => c
+                        .logout()
+                        .await
+                        .map_err(|e| BackendError::Control(e.to_string())),
                     None => Ok(()),
                 };
                 let saved = self.save_prefs(|p| {
@@ -468,7 +542,12 @@ impl Driver {
         Ok(())
     }
 
-    fn up(&mut self, req: UpRequest, tx: oneshot::Sender<Result<UpReply, BackendError>>, now: Instant) {
+    fn up(
+        &mut self,
+        req: UpRequest,
+        tx: oneshot::Sender<Result<UpReply, BackendError>>,
+        now: Instant,
+    ) {
         let url_changed = req.login_server.is_some() && req.login_server != self.prefs.control_url;
         let saved = self.save_prefs(|p| {
             if req.login_server.is_some() {
@@ -486,12 +565,16 @@ impl Driver {
             return;
         }
         if self.prefs.control_url.is_none() {
-            let _ = tx.send(Err(BackendError::InvalidRequest("no control server: pass --login-server URL".into())));
+            let _ = tx.send(Err(BackendError::InvalidRequest(
+                "no control server: pass --login-server URL".into(),
+            )));
             return;
         }
         let auth = req.auth_key.map(|k| AuthKey::new(k.expose().to_string()));
         if auth.is_none() && !self.prefs.logged_in {
-            let _ = tx.send(Err(BackendError::InvalidRequest("this node is not logged in: pass --authkey KEY".into())));
+            let _ = tx.send(Err(BackendError::InvalidRequest(
+                "this node is not logged in: pass --authkey KEY".into(),
+            )));
             return;
         }
         if url_changed || self.control.is_none() {
@@ -503,7 +586,10 @@ impl Driver {
             if auth.is_some() || self.backend_state != BackendState::Running {
                 c.login(auth);
             } else {
-                let _ = tx.send(Ok(UpReply { backend_state: self.backend_state, auth_url: None }));
+                let _ = tx.send(Ok(UpReply {
+                    backend_state: self.backend_state,
+                    auth_url: None,
+                }));
                 return;
             }
         }
@@ -511,9 +597,21 @@ impl Driver {
     }
 
     fn start_control(&mut self, auth: Option<AuthKey>) {
-        let Some(url) = self.prefs.control_url.clone() else { return };
-        let hostname = self.prefs.hostname.clone().unwrap_or_else(crate::daemon::backend::os_hostname);
-        let mut cfg = ClientConfig::new(url, self.keys.machine_private.clone(), self.keys.node_private.public(), self.paths.disco_public(), hostname.clone());
+        let Some(url) = self.prefs.control_url.clone() else {
+            return;
+        };
+        let hostname = self
+            .prefs
+            .hostname
+            .clone()
+            .unwrap_or_else(crate::daemon::backend::os_hostname);
+        let mut cfg = ClientConfig::new(
+            url,
+            self.keys.machine_private.clone(),
+            self.keys.node_private.public(),
+            self.paths.disco_public(),
+            hostname.clone(),
+        );
         cfg.auth_key = auth;
         cfg.ephemeral = self.prefs.ephemeral;
         cfg.hostinfo = Hostinfo {
@@ -529,14 +627,28 @@ impl Driver {
         self.next_stun = Instant::now();
     }
 
-    async fn handle_control(&mut self, ev: ClientEvent, tun_tx: &mpsc::Sender<Vec<u8>>, now: Instant) {
+    async fn handle_control(
+        &mut self,
+        ev: ClientEvent,
+        tun_tx: &mpsc::Sender<Vec<u8>>,
+        now: Instant,
+    ) {
         match ev {
-            ClientEvent::LoggedIn { machine_authorized, .. } => {
+            ClientEvent::LoggedIn {
+                machine_authorized, ..
+            } => {
                 let _ = self.save_prefs(|p| p.logged_in = true);
                 self.health.clear();
-                self.backend_state = if machine_authorized { BackendState::Starting } else { BackendState::NeedsMachineAuth };
+                self.backend_state = if machine_authorized {
+                    BackendState::Starting
+                } else {
+                    BackendState::NeedsMachineAuth
+                };
                 if let Some((tx, _)) = self.pending_up.take() {
-                    let _ = tx.send(Ok(UpReply { backend_state: self.backend_state, auth_url: None }));
+                    let _ = tx.send(Ok(UpReply {
+                        backend_state: self.backend_state,
+                        auth_url: None,
+                    }));
                 }
             }
             ClientEvent::LoginFailed(reason) => {
@@ -548,11 +660,14 @@ impl Driver {
             }
             ClientEvent::NodeKeyExpired => {
                 self.backend_state = BackendState::NeedsLogin;
-                self.health = vec!["node key expired: run `agent up --authkey KEY` to log in again".into()];
+                self.health =
+                    vec!["node key expired: run `agent up --authkey KEY` to log in again".into()];
                 let _ = self.save_prefs(|p| p.logged_in = false);
                 self.teardown_dataplane().await;
                 if let Some((tx, _)) = self.pending_up.take() {
-                    let _ = tx.send(Err(BackendError::Control("node key expired: log in again with an auth key".into())));
+                    let _ = tx.send(Err(BackendError::Control(
+                        "node key expired: log in again with an auth key".into(),
+                    )));
                 }
             }
             ClientEvent::NeedsMachineAuth => self.backend_state = BackendState::NeedsMachineAuth,
@@ -561,7 +676,9 @@ impl Driver {
                 self.health = vec![format!("control: {reason}")];
                 // A user waiting on `up` hears at once why; the client keeps retrying.
                 if let Some((tx, _)) = self.pending_up.take() {
-                    let _ = tx.send(Err(BackendError::Control(format!("{reason} (the agent keeps retrying)"))));
+                    let _ = tx.send(Err(BackendError::Control(format!(
+                        "{reason} (the agent keeps retrying)"
+                    ))));
                 }
             }
             ClientEvent::NetMap(nm, _changes) => self.apply_netmap(nm, tun_tx, now).await,
@@ -569,11 +686,19 @@ impl Driver {
         }
     }
 
-    async fn apply_netmap(&mut self, nm: Arc<NetMap>, tun_tx: &mpsc::Sender<Vec<u8>>, now: Instant) {
-        let Some(me) = nm.self_node.clone() else { return };
+    async fn apply_netmap(
+        &mut self,
+        nm: Arc<NetMap>,
+        tun_tx: &mpsc::Sender<Vec<u8>>,
+        now: Instant,
+    ) {
+        let Some(me) = nm.self_node.clone() else {
+            return;
+        };
         if me.key_expiry.is_some_and(|e| e <= chrono::Utc::now()) {
             self.backend_state = BackendState::NeedsLogin;
-            self.health = vec!["node key expired: run `agent up --authkey KEY` to log in again".into()];
+            self.health =
+                vec!["node key expired: run `agent up --authkey KEY` to log in again".into()];
             self.teardown_dataplane().await;
             self.netmap = Some(nm);
             return;
@@ -584,18 +709,27 @@ impl Driver {
             return;
         }
         let addresses: Vec<IpNet> = me.addresses.clone();
-        if self.tun.is_none() || self.configured_addrs != addresses {
-            if let Err(e) = self.setup_tun(&addresses, tun_tx).await {
-                self.health = vec![format!("cannot set up the TUN device {}: {e}", self.cfg.tun)];
-                tracing::error!(error = %e, "TUN setup failed");
-            }
+        if (self.tun.is_none() || self.configured_addrs != addresses)
+            && let Err(e) = self.setup_tun(&addresses, tun_tx).await
+        {
+            self.health = vec![format!(
+                "cannot set up the TUN device {}: {e}",
+                self.cfg.tun
+            )];
+            tracing::error!(error = %e, "TUN setup failed");
         }
-        let expired_peer = |n: &proto::tailcfg::Node| n.expired || n.key_expiry.is_some_and(|e| e <= chrono::Utc::now());
+        let expired_peer = |n: &proto::tailcfg::Node| {
+            n.expired || n.key_expiry.is_some_and(|e| e <= chrono::Utc::now())
+        };
         let peers: Vec<PeerConfig> = nm
             .peers
             .values()
             .filter(|p| !expired_peer(p))
-            .map(|p| PeerConfig { key: p.key, allowed_ips: p.addresses.clone(), keepalive: None })
+            .map(|p| PeerConfig {
+                key: p.key,
+                allowed_ips: p.addresses.clone(),
+                keepalive: None,
+            })
             .collect();
         let cfg = EngineConfig {
             addresses: addresses.clone(),
@@ -605,7 +739,10 @@ impl Driver {
         };
         let errors = self.engine.set_config(cfg, now);
         if !errors.is_empty() {
-            tracing::warn!(count = errors.len(), "some filter rules were not understood and are ignored");
+            tracing::warn!(
+                count = errors.len(),
+                "some filter rules were not understood and are ignored"
+            );
         }
         self.paths.set_peers(
             nm.peers
@@ -622,10 +759,15 @@ impl Driver {
         );
         if let Some(map) = &nm.derp_map {
             self.derp.set_map(map.clone());
-            self.stun.set_regions(nat::stun_client::regions_from_derp_map(map));
+            self.stun
+                .set_regions(nat::stun_client::regions_from_derp_map(map));
             // Until STUN has measured, home on the first relay region so DERP works at once.
             if self.derp.home().is_none() {
-                let first = map.regions.values().find(|r| r.nodes.iter().any(|n| !n.stun_only)).map(|r| r.region_id);
+                let first = map
+                    .regions
+                    .values()
+                    .find(|r| r.nodes.iter().any(|n| !n.stun_only))
+                    .map(|r| r.region_id);
                 let home = first.and_then(|r| u16::try_from(r).ok());
                 self.derp.set_home(home);
                 self.paths.set_home_derp(home);
@@ -635,9 +777,18 @@ impl Driver {
         self.netmap = Some(nm);
     }
 
-    async fn setup_tun(&mut self, addresses: &[IpNet], tun_tx: &mpsc::Sender<Vec<u8>>) -> Result<(), dataplane::tun::TunError> {
+    async fn setup_tun(
+        &mut self,
+        addresses: &[IpNet],
+        tun_tx: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), dataplane::tun::TunError> {
         if self.tun.is_none() {
-            let device = Arc::new(dataplane::tun::TunDevice::create(&dataplane::tun::TunConfig { name: self.cfg.tun.clone(), mtu: MTU })?);
+            let device = Arc::new(dataplane::tun::TunDevice::create(
+                &dataplane::tun::TunConfig {
+                    name: self.cfg.tun.clone(),
+                    mtu: MTU,
+                },
+            )?);
             let reader_dev = Arc::clone(&device);
             let tx = tun_tx.clone();
             let reader = tokio::spawn(async move {
@@ -645,7 +796,11 @@ impl Driver {
                 loop {
                     match reader_dev.recv(&mut buf).await {
                         Ok(n) => {
-                            if tx.send(buf.get(..n).unwrap_or_default().to_vec()).await.is_err() {
+                            if tx
+                                .send(buf.get(..n).unwrap_or_default().to_vec())
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -660,9 +815,16 @@ impl Driver {
             self.configured_addrs.clear();
         }
         let name = self.cfg.tun.clone();
-        let new: Vec<IpNet> = addresses.iter().filter(|a| !self.configured_addrs.contains(a)).copied().collect();
+        let new: Vec<IpNet> = addresses
+            .iter()
+            .filter(|a| !self.configured_addrs.contains(a))
+            .copied()
+            .collect();
         let routes: Vec<IpNet> = if self.configured_addrs.is_empty() {
-            TAILNET_ROUTES.iter().filter_map(|r| r.parse().ok()).collect()
+            TAILNET_ROUTES
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect()
         } else {
             Vec::new()
         };
@@ -681,7 +843,13 @@ impl Driver {
         }
         self.configured_addrs.clear();
         let now = Instant::now();
-        self.engine.set_config(EngineConfig { filter: Some(Vec::new()), ..Default::default() }, now);
+        self.engine.set_config(
+            EngineConfig {
+                filter: Some(Vec::new()),
+                ..Default::default()
+            },
+            now,
+        );
         self.paths.set_peers(Vec::new(), now);
     }
 
@@ -693,20 +861,40 @@ impl Driver {
         self.derp.shutdown();
         self.netmap = None;
         for p in self.pings.drain(..) {
-            let _ = p.reply.send(Err(BackendError::NotRunning { state: BackendState::Stopped }));
+            let _ = p.reply.send(Err(BackendError::NotRunning {
+                state: BackendState::Stopped,
+            }));
         }
     }
 
-    fn start_ping(&mut self, target: &str, count: u32, tx: oneshot::Sender<Result<Vec<PingReply>, BackendError>>, now: Instant) {
-        let Some(nm) = self.netmap.clone().filter(|_| self.backend_state == BackendState::Running) else {
-            let _ = tx.send(Err(BackendError::NotRunning { state: self.backend_state }));
+    fn start_ping(
+        &mut self,
+        target: &str,
+        count: u32,
+        tx: oneshot::Sender<Result<Vec<PingReply>, BackendError>>,
+        now: Instant,
+    ) {
+        let Some(nm) = self
+            .netmap
+            .clone()
+            .filter(|_| self.backend_state == BackendState::Running)
+        else {
+            let _ = tx.send(Err(BackendError::NotRunning {
+                state: self.backend_state,
+            }));
             return;
         };
         let Some(peer) = status::find_peer(&nm, target) else {
-            let _ = tx.send(Err(BackendError::NotFound(format!("no peer named or addressed {target:?}; see `agent status`"))));
+            let _ = tx.send(Err(BackendError::NotFound(format!(
+                "no peer named or addressed {target:?}; see `agent status`"
+            ))));
             return;
         };
-        let ip = peer.addresses.first().map(|a| a.addr()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let ip = peer
+            .addresses
+            .first()
+            .map(|a| a.addr())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
         self.pings.push(PendingPing {
             peer: peer.key,
             name: peer.name.trim_end_matches('.').to_string(),
@@ -728,8 +916,14 @@ impl Driver {
         let mut i = 0;
         while i < self.pings.len() {
             let p = &mut self.pings[i];
-            let direct = p.replies.iter().any(|r| matches!(r.path, crate::ipn::Path::Direct { .. }));
-            let done = direct || p.replies.len() as u32 >= p.count || now >= p.deadline || (p.sent >= p.count && p.outstanding.is_empty());
+            let direct = p
+                .replies
+                .iter()
+                .any(|r| matches!(r.path, crate::ipn::Path::Direct { .. }));
+            let done = direct
+                || p.replies.len() as u32 >= p.count
+                || now >= p.deadline
+                || (p.sent >= p.count && p.outstanding.is_empty());
             if done {
                 let p = self.pings.swap_remove(i);
                 let _ = p.reply.send(Ok(p.replies));
@@ -751,8 +945,11 @@ impl Driver {
     }
 
     fn whois(&self, ip: IpAddr) -> Result<WhoIs, BackendError> {
-        let nm = self.netmap.as_ref().ok_or(BackendError::NotRunning { state: self.backend_state })?;
-        status::whois(nm, ip).ok_or_else(|| BackendError::NotFound(format!("no node has the address {ip}")))
+        let nm = self.netmap.as_ref().ok_or(BackendError::NotRunning {
+            state: self.backend_state,
+        })?;
+        status::whois(nm, ip)
+            .ok_or_else(|| BackendError::NotFound(format!("no node has the address {ip}")))
     }
 
     fn status(&self, now: Instant) -> Status {
@@ -762,8 +959,13 @@ impl Driver {
 
 /// Non-loopback, non-tailnet addresses of this host's interfaces: local endpoint candidates.
 fn local_addresses() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
-    let tailnet: Vec<IpNet> = TAILNET_ROUTES.iter().filter_map(|r| r.parse().ok()).collect();
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let tailnet: Vec<IpNet> = TAILNET_ROUTES
+        .iter()
+        .filter_map(|r| r.parse().ok())
+        .collect();
     let mut out: Vec<IpAddr> = addrs
         .filter_map(|a| a.address)
         .filter_map(|s| s.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())))

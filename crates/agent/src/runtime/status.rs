@@ -61,7 +61,10 @@ fn node_status(n: &Node) -> PeerStatus {
         tx_bytes: 0,
         tags: n.tags.clone(),
         exit_node: false,
-        exit_node_option: n.allowed_ips.as_ref().is_some_and(|a| a.iter().any(|p| p.prefix_len() == 0)),
+        exit_node_option: n
+            .allowed_ips
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|p| p.prefix_len() == 0)),
     }
 }
 
@@ -72,7 +75,11 @@ pub(super) fn build(d: &Driver, now: Instant) -> Status {
         None => {
             let mut p = empty_peer();
             p.public_key = d.keys.node_private.public();
-            p.hostname = d.prefs.hostname.clone().unwrap_or_else(crate::daemon::backend::os_hostname);
+            p.hostname = d
+                .prefs
+                .hostname
+                .clone()
+                .unwrap_or_else(crate::daemon::backend::os_hostname);
             p
         }
     };
@@ -86,14 +93,17 @@ pub(super) fn build(d: &Driver, now: Instant) -> Status {
                     let mut p = node_status(n);
                     p.path = match d.paths.peer_path(&n.key) {
                         PathStatus::Direct(addr, _) => Path::Direct { addr },
-                        PathStatus::Relay(region) => Path::Relay { region_code: d.derp.region_code(region) },
+                        PathStatus::Relay(region) => Path::Relay {
+                            region_code: d.derp.region_code(region),
+                        },
                         PathStatus::None => Path::None,
                     };
                     if let Some(s) = d.engine.peer_stats(&n.key, now) {
                         p.rx_bytes = s.rx_bytes;
                         p.tx_bytes = s.tx_bytes;
                         p.last_handshake = s.last_handshake.and_then(|t| {
-                            let ago = chrono::Duration::from_std(now.saturating_duration_since(t)).ok()?;
+                            let ago = chrono::Duration::from_std(now.saturating_duration_since(t))
+                                .ok()?;
                             Some(wall - ago)
                         });
                     }
@@ -121,7 +131,9 @@ pub fn find_peer<'a>(nm: &'a NetMap, target: &str) -> Option<&'a Node> {
     nm.peers.values().find(|n| {
         let fqdn = n.name.trim_end_matches('.').to_ascii_lowercase();
         let short = fqdn.split('.').next().unwrap_or_default().to_string();
-        ip.is_some_and(|ip| n.addresses.iter().any(|a| a.addr() == ip)) || fqdn == want || short == want
+        ip.is_some_and(|ip| n.addresses.iter().any(|a| a.addr() == ip))
+            || fqdn == want
+            || short == want
     })
 }
 
@@ -141,5 +153,8 @@ pub fn whois(nm: &NetMap, ip: IpAddr) -> Option<WhoIs> {
     } else {
         None
     };
-    Some(WhoIs { node: node_status(node), user })
+    Some(WhoIs {
+        node: node_status(node),
+        user,
+    })
 }

@@ -23,7 +23,10 @@ pub fn full(m: &NetMap, now: Timestamp) -> MapResponse {
         user_profiles: m.profiles.values().cloned().collect(),
         ssh_policy: m.ssh.clone(),
         control_time: Some(now),
-        debug: Some(DebugSettings { disable_log_tail: true, ..Default::default() }),
+        debug: Some(DebugSettings {
+            disable_log_tail: true,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -44,9 +47,15 @@ pub fn delta(prev: &NetMap, next: &NetMap, now: Timestamp) -> Option<MapResponse
             },
         }
     }
-    r.peers_removed = prev.peers.keys().filter(|id| !next.peers.contains_key(id)).map(|id| tailcfg::NodeId(id.0)).collect();
+    r.peers_removed = prev
+        .peers
+        .keys()
+        .filter(|id| !next.peers.contains_key(id))
+        .map(|id| tailcfg::NodeId(id.0))
+        .collect();
     if prev.filter != next.filter {
-        r.packet_filters.insert(BASE_FILTER.to_string(), Some(next.filter.clone()));
+        r.packet_filters
+            .insert(BASE_FILTER.to_string(), Some(next.filter.clone()));
     }
     if prev.ssh != next.ssh {
         // Absent means "unchanged", so a removed SSH policy is sent as an empty one.
@@ -58,7 +67,12 @@ pub fn delta(prev: &NetMap, next: &NetMap, now: Timestamp) -> Option<MapResponse
     if prev.derp_map != next.derp_map {
         r.derp_map = Some((*next.derp_map).clone());
     }
-    r.user_profiles = next.profiles.iter().filter(|(id, p)| prev.profiles.get(id) != Some(p)).map(|(_, p)| p.clone()).collect();
+    r.user_profiles = next
+        .profiles
+        .iter()
+        .filter(|(id, p)| prev.profiles.get(id) != Some(p))
+        .map(|(_, p)| p.clone())
+        .collect();
     if r == MapResponse::default() {
         return None;
     }
@@ -81,7 +95,10 @@ fn patch(old: &tailcfg::Node, new: &tailcfg::Node) -> Option<PeerChange> {
     if rest != *old {
         return None;
     }
-    let mut p = PeerChange { node_id: new.id, ..Default::default() };
+    let mut p = PeerChange {
+        node_id: new.id,
+        ..Default::default()
+    };
     if old.endpoints != new.endpoints {
         p.endpoints = new.endpoints.clone();
         if new.endpoints.is_empty() {

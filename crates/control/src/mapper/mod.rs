@@ -19,7 +19,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use proto::tailcfg::{self, DerpMap, DnsConfig, DnsRecord, DnsResolver, FilterRule, SshPolicy, UserProfile};
+use proto::tailcfg::{
+    self, DerpMap, DnsConfig, DnsRecord, DnsResolver, FilterRule, SshPolicy, UserProfile,
+};
 
 use crate::config::DnsSettings;
 use crate::model::{Node, NodeId, Timestamp, UserId};
@@ -64,14 +66,23 @@ impl MapInputs {
             .map(|r| r.region_id)
             .collect();
         let default_home_derp = if relays.len() == 1 { relays[0] } else { 0 };
-        MapInputs { derp_map: Arc::new(derp_map), dns: Arc::new(dns_config(dns, base_domain)), default_home_derp }
+        MapInputs {
+            derp_map: Arc::new(derp_map),
+            dns: Arc::new(dns_config(dns, base_domain)),
+            default_home_derp,
+        }
     }
 }
 
 /// The DNS configuration all nodes get.
 pub fn dns_config(s: &DnsSettings, base_domain: &str) -> DnsConfig {
     let mut domains = vec![base_domain.to_string()];
-    domains.extend(s.search_domains.iter().filter(|d| *d != base_domain).cloned());
+    domains.extend(
+        s.search_domains
+            .iter()
+            .filter(|d| *d != base_domain)
+            .cloned(),
+    );
     DnsConfig {
         resolvers: s.nameservers.iter().map(DnsResolver::new).collect(),
         routes: s
@@ -84,7 +95,11 @@ pub fn dns_config(s: &DnsSettings, base_domain: &str) -> DnsConfig {
         extra_records: s
             .extra_records
             .iter()
-            .map(|r| DnsRecord { name: r.name.clone(), r#type: r.record_type.clone(), value: r.value.clone() })
+            .map(|r| DnsRecord {
+                name: r.name.clone(),
+                r#type: r.record_type.clone(),
+                value: r.value.clone(),
+            })
             .collect(),
         ..Default::default()
     }
@@ -118,7 +133,13 @@ impl Cache {
 }
 
 /// Builds the map of node `id`, or `None` if the node no longer exists.
-pub fn build(t: &mut Tailnet, cache: &mut Cache, inputs: &MapInputs, id: NodeId, now: Timestamp) -> Option<NetMap> {
+pub fn build(
+    t: &mut Tailnet,
+    cache: &mut Cache,
+    inputs: &MapInputs,
+    id: NodeId,
+    now: Timestamp,
+) -> Option<NetMap> {
     let compiled = t.compiled(now);
     cache.refresh(t, now, inputs.default_home_derp);
     let me = t.node(id)?.clone();
@@ -135,15 +156,20 @@ pub fn build(t: &mut Tailnet, cache: &mut Cache, inputs: &MapInputs, id: NodeId,
     add_profile(t, &me, &mut profiles);
     if usable {
         for pid in compiled.visible_peers(id) {
-            let (Some(p), Some(pbase)) = (t.node(pid), cache.base.get(&pid)) else { continue };
+            let (Some(p), Some(pbase)) = (t.node(pid), cache.base.get(&pid)) else {
+                continue;
+            };
             // A node that never opened a map session has no disco key: clients cannot reach it
             // and skip it, so it joins peers' maps when its first map request arrives.
             if pid == id || !p.authorized || p.disco_key.is_zero() {
                 continue;
             }
             let routes = routes_of(t, p);
-            let visible: Vec<IpNet> =
-                routes.iter().copied().filter(|r| compiled.route_visible(id, pid, *r)).collect();
+            let visible: Vec<IpNet> = routes
+                .iter()
+                .copied()
+                .filter(|r| compiled.route_visible(id, pid, *r))
+                .collect();
             let arc = if visible.len() == routes.len() {
                 Arc::clone(pbase)
             } else {
@@ -155,8 +181,16 @@ pub fn build(t: &mut Tailnet, cache: &mut Cache, inputs: &MapInputs, id: NodeId,
             peers.insert(pid, arc);
         }
     }
-    let filter = if usable { compiled.filter_for(id) } else { Vec::new() };
-    let ssh = if usable { compiled.ssh_policy_for(id) } else { None };
+    let filter = if usable {
+        compiled.filter_for(id)
+    } else {
+        Vec::new()
+    };
+    let ssh = if usable {
+        compiled.ssh_policy_for(id)
+    } else {
+        None
+    };
     Some(NetMap {
         node,
         peers,
@@ -173,7 +207,10 @@ fn self_caps(ssh: bool) -> tailcfg::NodeCapMap {
     let mut caps = tailcfg::NodeCapMap::new();
     // Self-hosted tailnets have no captive-portal endpoints; without this the client probes
     // Tailscale's public hosts.
-    caps.insert(tailcfg::node_attr::DISABLE_CAPTIVE_PORTAL_DETECTION.to_string(), None);
+    caps.insert(
+        tailcfg::node_attr::DISABLE_CAPTIVE_PORTAL_DETECTION.to_string(),
+        None,
+    );
     caps.insert(tailcfg::node_attr::CAP_FILE_SHARING.to_string(), None);
     if ssh {
         caps.insert(tailcfg::node_attr::CAP_SSH.to_string(), None);
@@ -192,12 +229,13 @@ fn add_profile(t: &Tailnet, n: &Node, out: &mut BTreeMap<i64, UserProfile>) {
             });
         }
         None => {
-            out.entry(TAGGED_DEVICES_USER).or_insert_with(|| UserProfile {
-                id: tailcfg::UserId(TAGGED_DEVICES_USER),
-                login_name: "tagged-devices".into(),
-                display_name: "Tagged Devices".into(),
-                ..Default::default()
-            });
+            out.entry(TAGGED_DEVICES_USER)
+                .or_insert_with(|| UserProfile {
+                    id: tailcfg::UserId(TAGGED_DEVICES_USER),
+                    login_name: "tagged-devices".into(),
+                    display_name: "Tagged Devices".into(),
+                    ..Default::default()
+                });
         }
     }
 }
@@ -205,7 +243,11 @@ fn add_profile(t: &Tailnet, n: &Node, out: &mut BTreeMap<i64, UserProfile>) {
 /// Subnet routes this node is primary for, plus its exit routes: what AllowedIPs may add.
 fn routes_of(t: &Tailnet, n: &Node) -> Vec<IpNet> {
     let mut r = t.primaries().routes_of(n.id);
-    r.extend(n.enabled_routes().into_iter().filter(|p| p.prefix_len() == 0));
+    r.extend(
+        n.enabled_routes()
+            .into_iter()
+            .filter(|p| p.prefix_len() == 0),
+    );
     r
 }
 
@@ -221,7 +263,11 @@ fn base_node(t: &Tailnet, n: &Node, now: Timestamp, default_home_derp: i32) -> t
     let online = t.is_online(n.id);
     let expired = n.is_expired(now);
     let hostinfo: Option<tailcfg::Hostinfo> = serde_json::from_value(n.hostinfo.clone()).ok();
-    let home_derp = if n.home_derp > 0 { n.home_derp } else { default_home_derp };
+    let home_derp = if n.home_derp > 0 {
+        n.home_derp
+    } else {
+        default_home_derp
+    };
     tailcfg::Node {
         id: tailcfg::NodeId(n.id.0),
         stable_id: n.id.0.to_string(),
@@ -233,8 +279,19 @@ fn base_node(t: &Tailnet, n: &Node, now: Timestamp, default_home_derp: i32) -> t
         disco_key: n.disco_key,
         allowed_ips: Some(addresses.iter().copied().chain(routes).collect()),
         addresses,
-        endpoints: if expired { Vec::new() } else { n.endpoints.iter().filter_map(|e| e.parse::<SocketAddr>().ok()).collect() },
-        legacy_derp: if home_derp > 0 { format!("{}:{}", tailcfg::node::DERP_MAGIC_IP, home_derp) } else { String::new() },
+        endpoints: if expired {
+            Vec::new()
+        } else {
+            n.endpoints
+                .iter()
+                .filter_map(|e| e.parse::<SocketAddr>().ok())
+                .collect()
+        },
+        legacy_derp: if home_derp > 0 {
+            format!("{}:{}", tailcfg::node::DERP_MAGIC_IP, home_derp)
+        } else {
+            String::new()
+        },
         home_derp,
         hostinfo,
         created: Some(n.created),

@@ -38,11 +38,23 @@ pub async fn start(s: &Settings, keys: &ServerKeys) -> Result<Option<Relay>, Ser
     let derp = match &s.derp {
         Some(d) => {
             let tls = match &d.cert {
-                Some((cert, key)) => TlsConfig::PemFiles { cert_path: cert.clone(), key_path: key.clone() },
-                None => TlsConfig::SelfSigned { hostname: d.host.clone(), state_dir: s.data_dir.clone() },
+                Some((cert, key)) => TlsConfig::PemFiles {
+                    cert_path: cert.clone(),
+                    key_path: key.clone(),
+                },
+                None => TlsConfig::SelfSigned {
+                    hostname: d.host.clone(),
+                    state_dir: s.data_dir.clone(),
+                },
             };
-            let cfg = DerpServerConfig::new(SocketAddr::new(d.bind, d.port), Some(tls), keys.derp.clone());
-            let h = spawn_derp_server(cfg).await.map_err(|e| ServerError::Derp(e.to_string()))?;
+            let cfg = DerpServerConfig::new(
+                SocketAddr::new(d.bind, d.port),
+                Some(tls),
+                keys.derp.clone(),
+            );
+            let h = spawn_derp_server(cfg)
+                .await
+                .map_err(|e| ServerError::Derp(e.to_string()))?;
             tracing::info!(addr = %h.local_addr(), region = d.region_id, "DERP relay listening");
             Some(h)
         }
@@ -50,7 +62,9 @@ pub async fn start(s: &Settings, keys: &ServerKeys) -> Result<Option<Relay>, Ser
     };
     let stun = if s.stun_port != 0 {
         let addr = SocketAddr::new(bind_ip, s.stun_port);
-        let h = spawn_stun_server(addr).await.map_err(|e| ServerError::Listen { addr, source: e })?;
+        let h = spawn_stun_server(addr)
+            .await
+            .map_err(|e| ServerError::Listen { addr, source: e })?;
         tracing::info!(addr = %h.local_addr(), "STUN server listening");
         Some(h)
     } else {
@@ -67,10 +81,15 @@ pub async fn start(s: &Settings, keys: &ServerKeys) -> Result<Option<Relay>, Ser
 pub fn derp_map(s: &Settings, relay: Option<&Relay>) -> Result<DerpMap, ServerError> {
     let mut map = match &s.derp_map_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ServerError::Derp(format!("cannot read --derp-map {}: {e}", path.display())))?;
-            serde_json::from_str::<DerpMap>(&text)
-                .map_err(|e| ServerError::Derp(format!("--derp-map {}: not a DERP map: {e}", path.display())))?
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ServerError::Derp(format!("cannot read --derp-map {}: {e}", path.display()))
+            })?;
+            serde_json::from_str::<DerpMap>(&text).map_err(|e| {
+                ServerError::Derp(format!(
+                    "--derp-map {}: not a DERP map: {e}",
+                    path.display()
+                ))
+            })?
         }
         None => DerpMap::default(),
     };
@@ -89,12 +108,22 @@ pub fn derp_map(s: &Settings, relay: Option<&Relay>) -> Result<DerpMap, ServerEr
         name: format!("{region_id}a"),
         region_id,
         host_name: host,
-        cert_name: relay.derp.as_ref().and_then(|d| d.cert_name_pin().map(str::to_string)).unwrap_or_default(),
+        cert_name: relay
+            .derp
+            .as_ref()
+            .and_then(|d| d.cert_name_pin().map(str::to_string))
+            .unwrap_or_default(),
         ipv4,
         ipv6,
-        stun_port: relay.stun.as_ref().map_or(-1, |h| i32::from(h.local_addr().port())),
+        stun_port: relay
+            .stun
+            .as_ref()
+            .map_or(-1, |h| i32::from(h.local_addr().port())),
         stun_only: relay.derp.is_none(),
-        derp_port: relay.derp.as_ref().map_or(0, |h| i32::from(h.local_addr().port())),
+        derp_port: relay
+            .derp
+            .as_ref()
+            .map_or(0, |h| i32::from(h.local_addr().port())),
         ..Default::default()
     };
     map.regions.insert(

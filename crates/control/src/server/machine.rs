@@ -20,7 +20,12 @@ pub fn router(conn: NoiseConn) -> Router {
         .route("/machine/register", post(register))
         .route("/machine/map", post(map))
         .route("/machine/update-health", post(|| async { StatusCode::OK }))
-        .fallback(|| async { (StatusCode::NOT_IMPLEMENTED, "not implemented by this server\n") })
+        .fallback(|| async {
+            (
+                StatusCode::NOT_IMPLEMENTED,
+                "not implemented by this server\n",
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(conn)
 }
@@ -50,7 +55,11 @@ async fn register(State(conn): State<NoiseConn>, body: Bytes) -> Response {
     let input = RegisterInput {
         node_key: req.node_key,
         old_node_key: req.old_node_key,
-        auth_key: req.auth.as_ref().map(|a| a.auth_key.clone()).filter(|k| !k.is_empty()),
+        auth_key: req
+            .auth
+            .as_ref()
+            .map(|a| a.auth_key.clone())
+            .filter(|k| !k.is_empty()),
         expiry: req.expiry,
         hostinfo: req
             .hostinfo
@@ -62,7 +71,8 @@ async fn register(State(conn): State<NoiseConn>, body: Bytes) -> Response {
     let now = Utc::now();
     let outcome = {
         let mut g = conn.shared.lock();
-        g.tailnet.register(conn.machine, input, now, &mut rand::thread_rng())
+        g.tailnet
+            .register(conn.machine, input, now, &mut rand::thread_rng())
     };
     let outcome = match outcome {
         Ok(o) => o,
@@ -73,7 +83,12 @@ async fn register(State(conn): State<NoiseConn>, body: Bytes) -> Response {
     };
     let (user, login) = match &outcome.user {
         Some(u) => (
-            tailcfg::User { id: tailcfg::UserId(u.id.0), display_name: u.display_name.clone(), created: Some(u.created), ..Default::default() },
+            tailcfg::User {
+                id: tailcfg::UserId(u.id.0),
+                display_name: u.display_name.clone(),
+                created: Some(u.created),
+                ..Default::default()
+            },
             tailcfg::Login {
                 id: tailcfg::LoginId(u.id.0),
                 login_name: u.login_name.clone(),
@@ -82,8 +97,17 @@ async fn register(State(conn): State<NoiseConn>, body: Bytes) -> Response {
             },
         ),
         None => (
-            tailcfg::User { id: tailcfg::UserId(crate::mapper::TAGGED_DEVICES_USER), display_name: "Tagged Devices".into(), ..Default::default() },
-            tailcfg::Login { id: tailcfg::LoginId(crate::mapper::TAGGED_DEVICES_USER), login_name: "tagged-devices".into(), display_name: "Tagged Devices".into(), ..Default::default() },
+            tailcfg::User {
+                id: tailcfg::UserId(crate::mapper::TAGGED_DEVICES_USER),
+                display_name: "Tagged Devices".into(),
+                ..Default::default()
+            },
+            tailcfg::Login {
+                id: tailcfg::LoginId(crate::mapper::TAGGED_DEVICES_USER),
+                login_name: "tagged-devices".into(),
+                display_name: "Tagged Devices".into(),
+                ..Default::default()
+            },
         ),
     };
     let resp = RegisterResponse {
@@ -103,8 +127,12 @@ async fn map(State(conn): State<NoiseConn>, body: Bytes) -> Response {
         Err(msg) => return bad_request(msg),
     };
     let now = Utc::now();
-    let hostinfo = req.hostinfo.as_ref().and_then(|h| serde_json::to_value(h).ok());
-    let endpoints = (!req.endpoints.is_empty() || !req.stream).then(|| req.endpoints.iter().map(ToString::to_string).collect());
+    let hostinfo = req
+        .hostinfo
+        .as_ref()
+        .and_then(|h| serde_json::to_value(h).ok());
+    let endpoints = (!req.endpoints.is_empty() || !req.stream)
+        .then(|| req.endpoints.iter().map(ToString::to_string).collect());
     let node_id = {
         let mut g = conn.shared.lock();
         g.tailnet.update_from_map_request(

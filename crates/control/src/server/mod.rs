@@ -40,7 +40,10 @@ pub enum ServerError {
     #[error("cannot load the tailnet: {0}")]
     State(#[from] crate::state::StateError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("DERP relay: {0}")]
     Derp(String),
     #[error("server failed: {0}")]
@@ -66,7 +69,10 @@ pub struct Inner {
 impl Shared {
     /// Locks the tailnet, first reloading it if another process wrote to the database.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
-        let mut g = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Err(e) = g.tailnet.refresh() {
             tracing::warn!(error = %e, "could not check the database for external changes");
         }
@@ -100,7 +106,10 @@ impl Running {
 }
 
 /// Opens the store, starts DERP/STUN and the HTTP listener, and returns once all are bound.
-pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, ServerError> {
+pub async fn start(
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<Running, ServerError> {
     let mut store = crate::store::sqlite::SqliteStore::open(&settings.db)?;
     let keys = {
         use crate::store::Store;
@@ -117,10 +126,16 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .map_err(|source| ServerError::Listen { addr: settings.listen, source })?;
+        .map_err(|source| ServerError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
     let http_addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
-        inner: Mutex::new(Inner { tailnet, cache: Cache::default() }),
+        inner: Mutex::new(Inner {
+            tailnet,
+            cache: Cache::default(),
+        }),
         noise_key: keys.noise,
         inputs,
         settings,
@@ -131,15 +146,24 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     let app = router(Arc::clone(&shared));
     let sd = shutdown.clone();
     tasks.spawn(async move {
-        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { sd.cancelled().await });
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { sd.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
     tasks.spawn(housekeeping(Arc::clone(&shared), shutdown.clone()));
     tracing::info!(addr = %http_addr, url = %shared.settings.server_url, "control server listening");
-    Ok(Running { http_addr, derp: relay, shared, tasks, shutdown })
+    Ok(Running {
+        http_addr,
+        derp: relay,
+        shared,
+        tasks,
+        shutdown,
+    })
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -159,7 +183,9 @@ struct KeyQuery {
 
 /// `GET /key?v=<capver>`: the server's Noise key.
 async fn key(State(shared): State<Arc<Shared>>, Query(q): Query<KeyQuery>) -> Response {
-    if q.v.is_some_and(|v| v < i64::from(noise::MIN_CAPABILITY_VERSION)) {
+    if q.v
+        .is_some_and(|v| v < i64::from(noise::MIN_CAPABILITY_VERSION))
+    {
         return (StatusCode::BAD_REQUEST, "client too old; upgrade it\n").into_response();
     }
     axum::Json(OverTlsPublicKeyResponse {

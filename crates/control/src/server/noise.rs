@@ -35,15 +35,27 @@ pub async fn upgrade(State(shared): State<Arc<Shared>>, mut req: Request) -> Res
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE_PROTOCOL));
     if !upgrade_ok {
-        return (StatusCode::BAD_REQUEST, "expected Upgrade: tailscale-control-protocol\n").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected Upgrade: tailscale-control-protocol\n",
+        )
+            .into_response();
     }
     let Some(init) = req
         .headers()
         .get(HANDSHAKE_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok())
+        .and_then(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .ok()
+        })
     else {
-        return (StatusCode::BAD_REQUEST, "missing or invalid X-Tailscale-Handshake header\n").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing or invalid X-Tailscale-Handshake header\n",
+        )
+            .into_response();
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return (StatusCode::BAD_REQUEST, "connection cannot be upgraded\n").into_response();
@@ -60,8 +72,10 @@ pub async fn upgrade(State(shared): State<Arc<Shared>>, mut req: Request) -> Res
     });
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
-    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     resp
 }
 
@@ -86,7 +100,11 @@ where
     }
     tracing::debug!(machine = %machine.short(), version, "noise session established");
     let shutdown = shared.shutdown.clone();
-    let conn = NoiseConn { shared, machine, version };
+    let conn = NoiseConn {
+        shared,
+        machine,
+        version,
+    };
     let app = super::machine::router(conn);
     let service = hyper_util::service::TowerToHyperService::new(app);
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

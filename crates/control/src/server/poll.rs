@@ -33,7 +33,13 @@ fn build(shared: &Shared, id: NodeId) -> Option<NetMap> {
     let now = Utc::now();
     let mut g = shared.lock();
     let inner = &mut *g;
-    mapper::build(&mut inner.tailnet, &mut inner.cache, &shared.inputs, id, now)
+    mapper::build(
+        &mut inner.tailnet,
+        &mut inner.cache,
+        &shared.inputs,
+        id,
+        now,
+    )
 }
 
 /// A single framed full map (non-streaming request).
@@ -57,7 +63,10 @@ pub fn stream(shared: Arc<Shared>, id: NodeId) -> Response {
     });
     let body = Body::from_stream(tokio_stream_from(rx));
     let mut resp = Response::new(body);
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
     resp
 }
 
@@ -68,8 +77,12 @@ async fn run(
     changes: &mut tokio::sync::watch::Receiver<u64>,
 ) {
     changes.mark_unchanged();
-    let Some(mut sent) = build(shared, id) else { return };
-    let Some(first) = encode(&mapper::full(&sent, Utc::now())) else { return };
+    let Some(mut sent) = build(shared, id) else {
+        return;
+    };
+    let Some(first) = encode(&mapper::full(&sent, Utc::now())) else {
+        return;
+    };
     if tx.send(Ok(first)).await.is_err() {
         return;
     }

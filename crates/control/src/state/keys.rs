@@ -33,17 +33,28 @@ pub struct MintedKey {
 
 /// Mints a key of `kind` with randomness from `rng`.
 pub fn mint(kind: KeyKind, rng: &mut impl Rng) -> MintedKey {
-    let id: String = (0..12).map(|_| char::from(rng.sample(Alphanumeric))).collect();
+    let id: String = (0..12)
+        .map(|_| char::from(rng.sample(Alphanumeric)))
+        .collect();
     let key_id = format!("k{id}");
-    let secret: String = (0..32).map(|_| char::from(rng.sample(Alphanumeric))).collect();
+    let secret: String = (0..32)
+        .map(|_| char::from(rng.sample(Alphanumeric)))
+        .collect();
     let text = format!("tskey-{}-{key_id}-{secret}", kind.tag());
     let secret_hash = hash(&text);
-    MintedKey { text, key_id, secret_hash }
+    MintedKey {
+        text,
+        key_id,
+        secret_hash,
+    }
 }
 
 /// The key id inside a key text, if the text has the right shape.
 pub fn key_id_of(kind: KeyKind, text: &str) -> Option<&str> {
-    let rest = text.strip_prefix("tskey-")?.strip_prefix(kind.tag())?.strip_prefix('-')?;
+    let rest = text
+        .strip_prefix("tskey-")?
+        .strip_prefix(kind.tag())?
+        .strip_prefix('-')?;
     let (id, secret) = rest.split_once('-')?;
     (id.starts_with('k') && !secret.is_empty()).then_some(id)
 }
@@ -57,7 +68,11 @@ pub fn hash(text: &str) -> String {
 pub fn verify(text: &str, stored_hash: &str) -> bool {
     let got = hash(text);
     got.len() == stored_hash.len()
-        && got.bytes().zip(stored_hash.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        && got
+            .bytes()
+            .zip(stored_hash.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 #[cfg(test)]

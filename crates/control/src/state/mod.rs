@@ -30,7 +30,7 @@ use crate::model::{
     ApiKey, ApiKeyId, AuditEvent, AuthKey, AuthKeyId, Node, NodeId, PolicyRecord, Timestamp, User,
     UserId,
 };
-use crate::policy::{Compiled, CompileContext, Policy, PolicyError, TagOwnerCheck};
+use crate::policy::{CompileContext, Compiled, Policy, PolicyError, TagOwnerCheck};
 use crate::store::{AuditQuery, Store, StoreError};
 
 pub use routes::Primaries;
@@ -259,8 +259,22 @@ impl Tailnet {
         self.bump();
     }
 
-    fn audit(&mut self, actor: &Actor, action: &str, target: String, detail: serde_json::Value, now: Timestamp) {
-        let ev = AuditEvent { id: 0, at: now, actor: actor.0.clone(), action: action.to_string(), target, detail };
+    fn audit(
+        &mut self,
+        actor: &Actor,
+        action: &str,
+        target: String,
+        detail: serde_json::Value,
+        now: Timestamp,
+    ) {
+        let ev = AuditEvent {
+            id: 0,
+            at: now,
+            actor: actor.0.clone(),
+            action: action.to_string(),
+            target,
+            detail,
+        };
         if let Err(e) = self.store.append_audit(&ev) {
             tracing::error!(error = %e, action, "could not write audit entry");
         }
@@ -275,7 +289,9 @@ impl Tailnet {
         self.users.get(&id)
     }
     pub fn user_by_login(&self, login: &str) -> Option<&User> {
-        self.users.values().find(|u| u.login_name.eq_ignore_ascii_case(login))
+        self.users
+            .values()
+            .find(|u| u.login_name.eq_ignore_ascii_case(login))
     }
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.values()
@@ -289,15 +305,20 @@ impl Tailnet {
     /// Finds a node by id, MagicDNS name, hostname or tailnet IP.
     pub fn find_node(&self, what: &str) -> Option<&Node> {
         if let Ok(id) = what.parse::<i64>()
-            && let Some(n) = self.nodes.get(&NodeId(id)) {
-                return Some(n);
-            }
+            && let Some(n) = self.nodes.get(&NodeId(id))
+        {
+            return Some(n);
+        }
         let ip: Option<IpAddr> = what.parse().ok();
         let fqdn_suffix = format!(".{}", self.cfg.base_domain);
-        let short = what.trim_end_matches('.').trim_end_matches(fqdn_suffix.as_str());
+        let short = what
+            .trim_end_matches('.')
+            .trim_end_matches(fqdn_suffix.as_str());
         self.nodes.values().find(|n| {
             n.given_name == short
-                || ip.is_some_and(|ip| n.ipv4.map(IpAddr::V4) == Some(ip) || n.ipv6.map(IpAddr::V6) == Some(ip))
+                || ip.is_some_and(|ip| {
+                    n.ipv4.map(IpAddr::V4) == Some(ip) || n.ipv6.map(IpAddr::V6) == Some(ip)
+                })
         })
     }
     pub fn auth_keys(&self) -> impl Iterator<Item = &AuthKey> {
@@ -327,7 +348,10 @@ impl Tailnet {
         }
         let users: Vec<User> = self.users.values().cloned().collect();
         let nodes: Vec<Node> = self.nodes.values().cloned().collect();
-        let ctx = CompileContext { now, server_url: self.cfg.server_url.clone() };
+        let ctx = CompileContext {
+            now,
+            server_url: self.cfg.server_url.clone(),
+        };
         let c = Arc::new(match &self.policy {
             Some(p) => p.compile(&users, &nodes, &ctx),
             None => Policy::allow_all().compile(&users, &nodes, &ctx),
@@ -348,9 +372,10 @@ impl Tailnet {
     ) -> Result<RegisterOutcome, StateError> {
         // Logout: an expiry in the past.
         if let Some(exp) = req.expiry
-            && exp <= now {
-                return self.logout(machine, req.node_key, now);
-            }
+            && exp <= now
+        {
+            return self.logout(machine, req.node_key, now);
+        }
 
         if let Some(existing) = self.node_by_key(&req.node_key).cloned() {
             if existing.machine_key != machine {
@@ -361,18 +386,28 @@ impl Tailnet {
                 return Ok(self.outcome_for(&existing, now));
             }
             if req.auth_key.is_none() {
-                return Ok(RegisterOutcome { node_id: Some(existing.id), node_key_expired: true, ..fail("node key expired; log in again with an auth key") });
+                return Ok(RegisterOutcome {
+                    node_id: Some(existing.id),
+                    node_key_expired: true,
+                    ..fail("node key expired; log in again with an auth key")
+                });
             }
         }
 
         // Rotation: same machine, a new node key replacing `old_node_key`.
         let rotating = (!req.old_node_key.is_zero())
-            .then(|| self.node_by_key(&req.old_node_key).filter(|n| n.machine_key == machine).cloned())
+            .then(|| {
+                self.node_by_key(&req.old_node_key)
+                    .filter(|n| n.machine_key == machine)
+                    .cloned()
+            })
             .flatten();
         if let Some(old) = &rotating
-            && !old.is_expired(now) && req.auth_key.is_none() {
-                return self.rekey(old.id, req.node_key, now);
-            }
+            && !old.is_expired(now)
+            && req.auth_key.is_none()
+        {
+            return self.rekey(old.id, req.node_key, now);
+        }
 
         let Some(auth_text) = req.auth_key.as_deref().filter(|k| !k.is_empty()) else {
             return Ok(fail(
@@ -392,7 +427,11 @@ impl Tailnet {
             .hostinfo
             .get("RequestTags")
             .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut tags: BTreeSet<String> = key.tags.iter().cloned().collect();
         for t in requested {
@@ -418,7 +457,12 @@ impl Tailnet {
         };
 
         // Reuse a node of this machine (re-login after expiry or rotation), else create one.
-        let reuse = rotating.or_else(|| self.nodes.values().find(|n| n.machine_key == machine).cloned());
+        let reuse = rotating.or_else(|| {
+            self.nodes
+                .values()
+                .find(|n| n.machine_key == machine)
+                .cloned()
+        });
         let node = match reuse {
             Some(mut n) => {
                 n.node_key = req.node_key;
@@ -432,7 +476,13 @@ impl Tailnet {
                     n.authorized = true;
                 }
                 self.store.update_node(&n)?;
-                self.audit(&Actor(format!("node:{}", n.id)), "node.relogin", format!("node:{}", n.id), serde_json::json!({"auth_key": key.key_id}), now);
+                self.audit(
+                    &Actor(format!("node:{}", n.id)),
+                    "node.relogin",
+                    format!("node:{}", n.id),
+                    serde_json::json!({"auth_key": key.key_id}),
+                    now,
+                );
                 n
             }
             None => self.create_node(machine, &req, &key, tags, expiry, now)?,
@@ -442,7 +492,11 @@ impl Tailnet {
         self.nodes.insert(id, node);
         self.auto_approve_routes(id, now)?;
         self.changed_topology();
-        let node = self.nodes.get(&id).cloned().ok_or_else(|| StateError::NotFound(format!("node {id}")))?;
+        let node = self
+            .nodes
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| StateError::NotFound(format!("node {id}")))?;
         let _ = rng; // randomness is reserved for random IP allocation (a later option)
         Ok(self.outcome_for(&node, now))
     }
@@ -459,11 +513,23 @@ impl Tailnet {
         let used: BTreeSet<IpAddr> = self
             .nodes
             .values()
-            .flat_map(|n| n.ipv4.map(IpAddr::V4).into_iter().chain(n.ipv6.map(IpAddr::V6)))
+            .flat_map(|n| {
+                n.ipv4
+                    .map(IpAddr::V4)
+                    .into_iter()
+                    .chain(n.ipv6.map(IpAddr::V6))
+            })
             .collect();
-        let ipv4 = names::allocate_v4(self.cfg.ipv4_pool, &used).ok_or(StateError::PoolExhausted)?;
-        let ipv6 = names::allocate_v6(self.cfg.ipv6_pool, &used).ok_or(StateError::PoolExhausted)?;
-        let hostname = req.hostinfo.get("Hostname").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let ipv4 =
+            names::allocate_v4(self.cfg.ipv4_pool, &used).ok_or(StateError::PoolExhausted)?;
+        let ipv6 =
+            names::allocate_v6(self.cfg.ipv6_pool, &used).ok_or(StateError::PoolExhausted)?;
+        let hostname = req
+            .hostinfo
+            .get("Hostname")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
         let taken: BTreeSet<&str> = self.nodes.values().map(|n| n.given_name.as_str()).collect();
         let given_name = names::unique_name(&names::sanitize_hostname(&hostname), &taken);
         let mut node = Node {
@@ -500,7 +566,12 @@ impl Tailnet {
         Ok(node)
     }
 
-    fn rekey(&mut self, id: NodeId, new_key: NodePublic, now: Timestamp) -> Result<RegisterOutcome, StateError> {
+    fn rekey(
+        &mut self,
+        id: NodeId,
+        new_key: NodePublic,
+        now: Timestamp,
+    ) -> Result<RegisterOutcome, StateError> {
         let Some(mut n) = self.nodes.get(&id).cloned() else {
             return Err(StateError::NotFound(format!("node {id}")));
         };
@@ -509,30 +580,56 @@ impl Tailnet {
             n.key_expiry = self.cfg.node_key_expiry.map(|d| now + d);
         }
         self.store.update_node(&n)?;
-        self.audit(&Actor(format!("node:{id}")), "node.rotate_key", format!("node:{id}"), serde_json::json!({}), now);
+        self.audit(
+            &Actor(format!("node:{id}")),
+            "node.rotate_key",
+            format!("node:{id}"),
+            serde_json::json!({}),
+            now,
+        );
         self.nodes.insert(id, n.clone());
         self.changed_topology();
         Ok(self.outcome_for(&n, now))
     }
 
-    fn logout(&mut self, machine: MachinePublic, key: NodePublic, now: Timestamp) -> Result<RegisterOutcome, StateError> {
+    fn logout(
+        &mut self,
+        machine: MachinePublic,
+        key: NodePublic,
+        now: Timestamp,
+    ) -> Result<RegisterOutcome, StateError> {
         let Some(n) = self.node_by_key(&key).cloned() else {
-            return Ok(RegisterOutcome { node_key_expired: true, ..Default::default() });
+            return Ok(RegisterOutcome {
+                node_key_expired: true,
+                ..Default::default()
+            });
         };
         if n.machine_key != machine {
             return Ok(fail("this node key is registered to another machine"));
         }
         if n.ephemeral {
             self.delete_node_inner(n.id, &Actor(format!("node:{}", n.id)), "node.logout", now)?;
-            return Ok(RegisterOutcome { node_key_expired: true, ..Default::default() });
+            return Ok(RegisterOutcome {
+                node_key_expired: true,
+                ..Default::default()
+            });
         }
         let mut n2 = n.clone();
         n2.key_expiry = Some(now);
         self.store.update_node(&n2)?;
-        self.audit(&Actor(format!("node:{}", n.id)), "node.logout", format!("node:{}", n.id), serde_json::json!({}), now);
+        self.audit(
+            &Actor(format!("node:{}", n.id)),
+            "node.logout",
+            format!("node:{}", n.id),
+            serde_json::json!({}),
+            now,
+        );
         self.nodes.insert(n.id, n2.clone());
         self.changed_topology();
-        Ok(RegisterOutcome { node_key_expired: true, ..self.outcome_for(&n2, now) })
+        Ok(RegisterOutcome {
+            node_key_expired: true,
+            ..self.outcome_for(&n2, now)
+        })
     }
 
     fn outcome_for(&self, n: &Node, now: Timestamp) -> RegisterOutcome {
@@ -547,7 +644,11 @@ impl Tailnet {
 
     fn validate_auth_key(&self, text: &str, now: Timestamp) -> Result<AuthKey, AuthKeyError> {
         let id = keys::key_id_of(keys::KeyKind::Auth, text).ok_or(AuthKeyError::Invalid)?;
-        let key = self.auth_keys.values().find(|k| k.key_id == id).ok_or(AuthKeyError::Invalid)?;
+        let key = self
+            .auth_keys
+            .values()
+            .find(|k| k.key_id == id)
+            .ok_or(AuthKeyError::Invalid)?;
         if !keys::verify(text, &key.secret_hash) {
             return Err(AuthKeyError::Invalid);
         }
@@ -581,7 +682,13 @@ impl Tailnet {
             return true;
         }
         user.and_then(|u| self.users.get(&u)).is_some_and(|u| {
-            p.may_own_tag(tag, TagOwnerCheck::User { login_name: &u.login_name, is_admin: false })
+            p.may_own_tag(
+                tag,
+                TagOwnerCheck::User {
+                    login_name: &u.login_name,
+                    is_admin: false,
+                },
+            )
         })
     }
 
@@ -601,7 +708,9 @@ impl Tailnet {
             return Err(StateError::NotFound("node for this node key".into()));
         };
         if n.machine_key != machine {
-            return Err(StateError::Invalid("node key does not belong to this machine".into()));
+            return Err(StateError::Invalid(
+                "node key does not belong to this machine".into(),
+            ));
         }
         let before = n.clone();
         if let Some(d) = disco_key.filter(|d| !d.is_zero()) {
@@ -614,9 +723,10 @@ impl Tailnet {
         if let Some(mut h) = hostinfo {
             // Since v1.66 the client may omit an unchanged NetInfo: keep the previous one.
             if h.get("NetInfo").is_none()
-                && let (Some(obj), Some(prev)) = (h.as_object_mut(), before.hostinfo.get("NetInfo")) {
-                    obj.insert("NetInfo".into(), prev.clone());
-                }
+                && let (Some(obj), Some(prev)) = (h.as_object_mut(), before.hostinfo.get("NetInfo"))
+            {
+                obj.insert("NetInfo".into(), prev.clone());
+            }
             if let Some(d) = h.pointer("/NetInfo/PreferredDERP").and_then(|v| v.as_i64()) {
                 n.home_derp = i32::try_from(d).unwrap_or(0);
             }
@@ -688,7 +798,12 @@ impl Tailnet {
             .values()
             .filter(|n| n.ephemeral && !self.is_online(n.id))
             .filter(|n| {
-                let since = self.disconnected_at.get(&n.id).copied().or(n.last_seen).unwrap_or(n.created);
+                let since = self
+                    .disconnected_at
+                    .get(&n.id)
+                    .copied()
+                    .or(n.last_seen)
+                    .unwrap_or(n.created);
                 since + grace <= now
             })
             .map(|n| n.id)
@@ -711,10 +826,18 @@ impl Tailnet {
 
     // ----- administration -----
 
-    pub fn create_user(&mut self, login: &str, display: &str, actor: &Actor, now: Timestamp) -> Result<User, StateError> {
+    pub fn create_user(
+        &mut self,
+        login: &str,
+        display: &str,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<User, StateError> {
         let login = login.trim();
         if login.is_empty() || login.chars().any(char::is_whitespace) {
-            return Err(StateError::Invalid(format!("invalid user name {login:?}: use a login like alice@example.com")));
+            return Err(StateError::Invalid(format!(
+                "invalid user name {login:?}: use a login like alice@example.com"
+            )));
         }
         if self.user_by_login(login).is_some() {
             return Err(StateError::Invalid(format!("user {login} already exists")));
@@ -722,56 +845,116 @@ impl Tailnet {
         let mut u = User {
             id: UserId(0),
             login_name: login.to_string(),
-            display_name: if display.is_empty() { login.split('@').next().unwrap_or(login).to_string() } else { display.to_string() },
+            display_name: if display.is_empty() {
+                login.split('@').next().unwrap_or(login).to_string()
+            } else {
+                display.to_string()
+            },
             created: now,
         };
         u.id = self.store.insert_user(&u)?;
-        self.audit(actor, "user.create", format!("user:{login}"), serde_json::json!({}), now);
+        self.audit(
+            actor,
+            "user.create",
+            format!("user:{login}"),
+            serde_json::json!({}),
+            now,
+        );
         self.users.insert(u.id, u.clone());
         self.changed_topology();
         Ok(u)
     }
 
     /// Deletes a user and every node it owns.
-    pub fn delete_user(&mut self, login: &str, actor: &Actor, now: Timestamp) -> Result<(), StateError> {
-        let u = self.user_by_login(login).cloned().ok_or_else(|| StateError::NotFound(format!("user {login}")))?;
-        let owned: Vec<NodeId> = self.nodes.values().filter(|n| n.user_id == Some(u.id)).map(|n| n.id).collect();
+    pub fn delete_user(
+        &mut self,
+        login: &str,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
+        let u = self
+            .user_by_login(login)
+            .cloned()
+            .ok_or_else(|| StateError::NotFound(format!("user {login}")))?;
+        let owned: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.user_id == Some(u.id))
+            .map(|n| n.id)
+            .collect();
         for id in owned {
             self.delete_node_inner(id, actor, "node.delete", now)?;
         }
-        for k in self.auth_keys.values_mut().filter(|k| k.user_id == Some(u.id) && k.revoked.is_none()) {
+        for k in self
+            .auth_keys
+            .values_mut()
+            .filter(|k| k.user_id == Some(u.id) && k.revoked.is_none())
+        {
             k.revoked = Some(now);
             let k = k.clone();
             self.store.update_auth_key(&k)?;
         }
         self.store.delete_user(u.id)?;
         self.users.remove(&u.id);
-        self.audit(actor, "user.delete", format!("user:{login}"), serde_json::json!({}), now);
+        self.audit(
+            actor,
+            "user.delete",
+            format!("user:{login}"),
+            serde_json::json!({}),
+            now,
+        );
         self.changed_topology();
         Ok(())
     }
 
     /// Creates an auth key; returns the record and the secret text (shown once).
-    pub fn create_auth_key(&mut self, opts: AuthKeyOptions, actor: &Actor, now: Timestamp, rng: &mut impl Rng) -> Result<(AuthKey, String), StateError> {
+    pub fn create_auth_key(
+        &mut self,
+        opts: AuthKeyOptions,
+        actor: &Actor,
+        now: Timestamp,
+        rng: &mut impl Rng,
+    ) -> Result<(AuthKey, String), StateError> {
         for t in &opts.tags {
             check_tag_syntax(t)?;
         }
         let user_id = match &opts.user {
-            Some(login) => Some(self.user_by_login(login).ok_or_else(|| StateError::NotFound(format!("user {login} (create it with `control users create {login}`)")))?.id),
+            Some(login) => Some(
+                self.user_by_login(login)
+                    .ok_or_else(|| {
+                        StateError::NotFound(format!(
+                            "user {login} (create it with `control users create {login}`)"
+                        ))
+                    })?
+                    .id,
+            ),
             None if opts.tags.is_empty() => Some(self.default_user(actor, now)?.id),
             None => None,
         };
         if let Some(p) = &self.policy {
-            let login = user_id.and_then(|u| self.users.get(&u)).map(|u| u.login_name.clone());
+            let login = user_id
+                .and_then(|u| self.users.get(&u))
+                .map(|u| u.login_name.clone());
             for t in &opts.tags {
                 if !p.defined_tags().any(|d| d == t) {
-                    return Err(StateError::Invalid(format!("tag {t} is not defined in the policy's tagOwners")));
+                    return Err(StateError::Invalid(format!(
+                        "tag {t} is not defined in the policy's tagOwners"
+                    )));
                 }
                 // An admin minting a tagged key is allowed; a user-bound key only for tags it owns.
                 if let (Some(login), Some(_)) = (&login, &opts.user)
-                    && !p.may_own_tag(t, TagOwnerCheck::User { login_name: login, is_admin: false }) {
-                        return Err(StateError::Invalid(format!("user {login} may not own {t} (see tagOwners)")));
-                    }
+                    && !p.may_own_tag(
+                        t,
+                        TagOwnerCheck::User {
+                            login_name: login,
+                            is_admin: false,
+                        },
+                    )
+                {
+                    return Err(StateError::Invalid(format!(
+                        "user {login} may not own {t} (see tagOwners)"
+                    )));
+                }
             }
         }
         let minted = keys::mint(keys::KeyKind::Auth, rng);
@@ -807,16 +990,38 @@ impl Tailnet {
         self.create_user(&login, "Admin", actor, now)
     }
 
-    pub fn revoke_auth_key(&mut self, key_id: &str, actor: &Actor, now: Timestamp) -> Result<(), StateError> {
-        let k = self.auth_keys.values_mut().find(|k| k.key_id == key_id).ok_or_else(|| StateError::NotFound(format!("auth key {key_id}")))?;
+    pub fn revoke_auth_key(
+        &mut self,
+        key_id: &str,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
+        let k = self
+            .auth_keys
+            .values_mut()
+            .find(|k| k.key_id == key_id)
+            .ok_or_else(|| StateError::NotFound(format!("auth key {key_id}")))?;
         k.revoked = Some(now);
         let k = k.clone();
         self.store.update_auth_key(&k)?;
-        self.audit(actor, "authkey.revoke", format!("authkey:{key_id}"), serde_json::json!({}), now);
+        self.audit(
+            actor,
+            "authkey.revoke",
+            format!("authkey:{key_id}"),
+            serde_json::json!({}),
+            now,
+        );
         Ok(())
     }
 
-    pub fn create_api_key(&mut self, description: &str, expiry: Option<Duration>, actor: &Actor, now: Timestamp, rng: &mut impl Rng) -> Result<(ApiKey, String), StateError> {
+    pub fn create_api_key(
+        &mut self,
+        description: &str,
+        expiry: Option<Duration>,
+        actor: &Actor,
+        now: Timestamp,
+        rng: &mut impl Rng,
+    ) -> Result<(ApiKey, String), StateError> {
         let minted = keys::mint(keys::KeyKind::Api, rng);
         let mut key = ApiKey {
             id: ApiKeyId(0),
@@ -828,17 +1033,38 @@ impl Tailnet {
             revoked: None,
         };
         key.id = self.store.insert_api_key(&key)?;
-        self.audit(actor, "apikey.create", format!("apikey:{}", key.key_id), serde_json::json!({"expires": key.expires}), now);
+        self.audit(
+            actor,
+            "apikey.create",
+            format!("apikey:{}", key.key_id),
+            serde_json::json!({"expires": key.expires}),
+            now,
+        );
         self.api_keys.insert(key.id, key.clone());
         Ok((key, minted.text))
     }
 
-    pub fn revoke_api_key(&mut self, key_id: &str, actor: &Actor, now: Timestamp) -> Result<(), StateError> {
-        let k = self.api_keys.values_mut().find(|k| k.key_id == key_id).ok_or_else(|| StateError::NotFound(format!("API key {key_id}")))?;
+    pub fn revoke_api_key(
+        &mut self,
+        key_id: &str,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
+        let k = self
+            .api_keys
+            .values_mut()
+            .find(|k| k.key_id == key_id)
+            .ok_or_else(|| StateError::NotFound(format!("API key {key_id}")))?;
         k.revoked = Some(now);
         let k = k.clone();
         self.store.update_api_key(&k)?;
-        self.audit(actor, "apikey.revoke", format!("apikey:{key_id}"), serde_json::json!({}), now);
+        self.audit(
+            actor,
+            "apikey.revoke",
+            format!("apikey:{key_id}"),
+            serde_json::json!({}),
+            now,
+        );
         Ok(())
     }
 
@@ -846,79 +1072,161 @@ impl Tailnet {
     pub fn verify_api_key(&self, token: &str, now: Timestamp) -> Option<String> {
         let id = keys::key_id_of(keys::KeyKind::Api, token)?;
         let k = self.api_keys.values().find(|k| k.key_id == id)?;
-        (keys::verify(token, &k.secret_hash) && k.revoked.is_none() && k.expires.is_none_or(|e| e > now))
-            .then(|| k.key_id.clone())
+        (keys::verify(token, &k.secret_hash)
+            && k.revoked.is_none()
+            && k.expires.is_none_or(|e| e > now))
+        .then(|| k.key_id.clone())
     }
 
-    fn with_node(&mut self, id: NodeId, f: impl FnOnce(&mut Node) -> Result<(), StateError>) -> Result<Node, StateError> {
-        let mut n = self.nodes.get(&id).cloned().ok_or_else(|| StateError::NotFound(format!("node {id}")))?;
+    fn with_node(
+        &mut self,
+        id: NodeId,
+        f: impl FnOnce(&mut Node) -> Result<(), StateError>,
+    ) -> Result<Node, StateError> {
+        let mut n = self
+            .nodes
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| StateError::NotFound(format!("node {id}")))?;
         f(&mut n)?;
         self.store.update_node(&n)?;
         self.nodes.insert(id, n.clone());
         Ok(n)
     }
 
-    pub fn approve_node(&mut self, id: NodeId, actor: &Actor, now: Timestamp) -> Result<(), StateError> {
+    pub fn approve_node(
+        &mut self,
+        id: NodeId,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
         self.with_node(id, |n| {
             n.authorized = true;
             Ok(())
         })?;
-        self.audit(actor, "node.approve", format!("node:{id}"), serde_json::json!({}), now);
+        self.audit(
+            actor,
+            "node.approve",
+            format!("node:{id}"),
+            serde_json::json!({}),
+            now,
+        );
         self.changed_topology();
         Ok(())
     }
 
     /// Sets a node's key expiry: `Some(t)` expires it at `t` (now to expire at once); `None`
     /// disables expiry.
-    pub fn set_node_expiry(&mut self, id: NodeId, expiry: Option<Timestamp>, actor: &Actor, now: Timestamp) -> Result<(), StateError> {
+    pub fn set_node_expiry(
+        &mut self,
+        id: NodeId,
+        expiry: Option<Timestamp>,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
         self.with_node(id, |n| {
             n.key_expiry = expiry;
             Ok(())
         })?;
-        self.audit(actor, "node.set_expiry", format!("node:{id}"), serde_json::json!({"expiry": expiry}), now);
+        self.audit(
+            actor,
+            "node.set_expiry",
+            format!("node:{id}"),
+            serde_json::json!({"expiry": expiry}),
+            now,
+        );
         self.changed_topology();
         Ok(())
     }
 
-    pub fn delete_node(&mut self, id: NodeId, actor: &Actor, now: Timestamp) -> Result<(), StateError> {
+    pub fn delete_node(
+        &mut self,
+        id: NodeId,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
         self.delete_node_inner(id, actor, "node.delete", now)
     }
 
-    fn delete_node_inner(&mut self, id: NodeId, actor: &Actor, action: &str, now: Timestamp) -> Result<(), StateError> {
-        let n = self.nodes.remove(&id).ok_or_else(|| StateError::NotFound(format!("node {id}")))?;
+    fn delete_node_inner(
+        &mut self,
+        id: NodeId,
+        actor: &Actor,
+        action: &str,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
+        let n = self
+            .nodes
+            .remove(&id)
+            .ok_or_else(|| StateError::NotFound(format!("node {id}")))?;
         self.store.delete_node(id)?;
         self.sessions.remove(&id);
         self.disconnected_at.remove(&id);
         tracing::info!(node = %id, name = %n.given_name, action, "node removed");
-        self.audit(actor, action, format!("node:{id}"), serde_json::json!({"name": n.given_name}), now);
+        self.audit(
+            actor,
+            action,
+            format!("node:{id}"),
+            serde_json::json!({"name": n.given_name}),
+            now,
+        );
         self.changed_topology();
         Ok(())
     }
 
-    pub fn rename_node(&mut self, id: NodeId, name: &str, actor: &Actor, now: Timestamp) -> Result<(), StateError> {
+    pub fn rename_node(
+        &mut self,
+        id: NodeId,
+        name: &str,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
         let name = name.trim().to_ascii_lowercase();
         if !names::is_valid_label(&name) {
-            return Err(StateError::Invalid(format!("invalid name {name:?}: use lowercase letters, digits and hyphens, at most 63")));
+            return Err(StateError::Invalid(format!(
+                "invalid name {name:?}: use lowercase letters, digits and hyphens, at most 63"
+            )));
         }
-        if self.nodes.values().any(|n| n.id != id && n.given_name == name) {
-            return Err(StateError::Invalid(format!("name {name} is already used by another node")));
+        if self
+            .nodes
+            .values()
+            .any(|n| n.id != id && n.given_name == name)
+        {
+            return Err(StateError::Invalid(format!(
+                "name {name} is already used by another node"
+            )));
         }
         let old = self.with_node(id, |n| {
             n.given_name = name.clone();
             Ok(())
         })?;
-        self.audit(actor, "node.rename", format!("node:{id}"), serde_json::json!({"name": old.given_name}), now);
+        self.audit(
+            actor,
+            "node.rename",
+            format!("node:{id}"),
+            serde_json::json!({"name": old.given_name}),
+            now,
+        );
         self.changed_topology();
         Ok(())
     }
 
-    pub fn set_node_tags(&mut self, id: NodeId, tags: Vec<String>, actor: &Actor, now: Timestamp) -> Result<(), StateError> {
+    pub fn set_node_tags(
+        &mut self,
+        id: NodeId,
+        tags: Vec<String>,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
         for t in &tags {
             check_tag_syntax(t)?;
             if let Some(p) = &self.policy
-                && !p.defined_tags().any(|d| d == t) {
-                    return Err(StateError::Invalid(format!("tag {t} is not defined in the policy's tagOwners")));
-                }
+                && !p.defined_tags().any(|d| d == t)
+            {
+                return Err(StateError::Invalid(format!(
+                    "tag {t} is not defined in the policy's tagOwners"
+                )));
+            }
         }
         let mut tags = tags;
         tags.sort();
@@ -926,7 +1234,9 @@ impl Tailnet {
         let node_expiry = self.cfg.node_key_expiry;
         self.with_node(id, |n| {
             if tags.is_empty() && n.user_id.is_none() {
-                return Err(StateError::Invalid("a tagged node without an owner cannot drop all its tags".into()));
+                return Err(StateError::Invalid(
+                    "a tagged node without an owner cannot drop all its tags".into(),
+                ));
             }
             if !tags.is_empty() {
                 // Tagged nodes belong to their tags and do not expire.
@@ -938,13 +1248,25 @@ impl Tailnet {
             n.tags = tags.clone();
             Ok(())
         })?;
-        self.audit(actor, "node.set_tags", format!("node:{id}"), serde_json::json!({"tags": tags}), now);
+        self.audit(
+            actor,
+            "node.set_tags",
+            format!("node:{id}"),
+            serde_json::json!({"tags": tags}),
+            now,
+        );
         self.changed_topology();
         Ok(())
     }
 
     /// Replaces a node's approved routes (they take effect only where also advertised).
-    pub fn set_approved_routes(&mut self, id: NodeId, routes: Vec<IpNet>, actor: &Actor, now: Timestamp) -> Result<(), StateError> {
+    pub fn set_approved_routes(
+        &mut self,
+        id: NodeId,
+        routes: Vec<IpNet>,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
         let mut routes: Vec<IpNet> = routes.into_iter().map(|r| r.trunc()).collect();
         routes.sort();
         routes.dedup();
@@ -952,21 +1274,37 @@ impl Tailnet {
             n.approved_routes = routes.clone();
             Ok(())
         })?;
-        self.audit(actor, "node.routes", format!("node:{id}"), serde_json::json!({"approved": routes}), now);
+        self.audit(
+            actor,
+            "node.routes",
+            format!("node:{id}"),
+            serde_json::json!({"approved": routes}),
+            now,
+        );
         self.changed_topology();
         Ok(())
     }
 
     fn auto_approve_routes(&mut self, id: NodeId, now: Timestamp) -> Result<(), StateError> {
-        let Some(policy) = &self.policy else { return Ok(()) };
-        let Some(node) = self.nodes.get(&id) else { return Ok(()) };
-        let pending: Vec<IpNet> =
-            node.advertised_routes().into_iter().filter(|r| !node.approved_routes.contains(r)).collect();
+        let Some(policy) = &self.policy else {
+            return Ok(());
+        };
+        let Some(node) = self.nodes.get(&id) else {
+            return Ok(());
+        };
+        let pending: Vec<IpNet> = node
+            .advertised_routes()
+            .into_iter()
+            .filter(|r| !node.approved_routes.contains(r))
+            .collect();
         if pending.is_empty() {
             return Ok(());
         }
         let users: Vec<User> = self.users.values().cloned().collect();
-        let new: Vec<IpNet> = pending.into_iter().filter(|r| policy.auto_approved(node, &users, *r)).collect();
+        let new: Vec<IpNet> = pending
+            .into_iter()
+            .filter(|r| policy.auto_approved(node, &users, *r))
+            .collect();
         if new.is_empty() {
             return Ok(());
         }
@@ -976,18 +1314,42 @@ impl Tailnet {
             n.approved_routes.dedup();
             Ok(())
         })?;
-        self.audit(&Actor("autoApprovers".into()), "node.routes.auto_approve", format!("node:{id}"), serde_json::json!({"approved": new}), now);
+        self.audit(
+            &Actor("autoApprovers".into()),
+            "node.routes.auto_approve",
+            format!("node:{id}"),
+            serde_json::json!({"approved": new}),
+            now,
+        );
         Ok(())
     }
 
     /// Validates and installs a new policy. A policy that fails to parse, references undefined
     /// names or fails its `tests` is rejected and the old one stays.
-    pub fn set_policy(&mut self, text: &str, actor: &Actor, now: Timestamp) -> Result<(), StateError> {
+    pub fn set_policy(
+        &mut self,
+        text: &str,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
         let policy = self.check_policy(text)?;
-        let old = self.policy_record.as_ref().map(|p| p.text.clone()).unwrap_or_default();
-        let rec = PolicyRecord { text: text.to_string(), updated: now };
+        let old = self
+            .policy_record
+            .as_ref()
+            .map(|p| p.text.clone())
+            .unwrap_or_default();
+        let rec = PolicyRecord {
+            text: text.to_string(),
+            updated: now,
+        };
         self.store.set_policy(&rec)?;
-        self.audit(actor, "policy.set", "policy".into(), serde_json::json!({"diff": line_diff(&old, text)}), now);
+        self.audit(
+            actor,
+            "policy.set",
+            "policy".into(),
+            serde_json::json!({"diff": line_diff(&old, text)}),
+            now,
+        );
         self.policy = Some(policy);
         self.policy_record = Some(rec);
         // Routes that the new autoApprovers cover are approved now.
@@ -1010,21 +1372,40 @@ impl Tailnet {
 }
 
 fn fail(msg: &str) -> RegisterOutcome {
-    RegisterOutcome { error: msg.to_string(), ..Default::default() }
+    RegisterOutcome {
+        error: msg.to_string(),
+        ..Default::default()
+    }
 }
 
 fn check_tag_syntax(t: &str) -> Result<(), StateError> {
     let ok = t.strip_prefix("tag:").is_some_and(|n| {
-        !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     });
-    if ok { Ok(()) } else { Err(StateError::Invalid(format!("invalid tag {t:?}: tags look like tag:name"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::Invalid(format!(
+            "invalid tag {t:?}: tags look like tag:name"
+        )))
+    }
 }
 
 /// A minimal line diff for the audit log: lines removed (`-`) and added (`+`).
 fn line_diff(old: &str, new: &str) -> Vec<String> {
     let old_lines: BTreeSet<&str> = old.lines().collect();
     let new_lines: BTreeSet<&str> = new.lines().collect();
-    let mut out: Vec<String> = old.lines().filter(|l| !new_lines.contains(l)).map(|l| format!("-{l}")).collect();
-    out.extend(new.lines().filter(|l| !old_lines.contains(l)).map(|l| format!("+{l}")));
+    let mut out: Vec<String> = old
+        .lines()
+        .filter(|l| !new_lines.contains(l))
+        .map(|l| format!("-{l}"))
+        .collect();
+    out.extend(
+        new.lines()
+            .filter(|l| !old_lines.contains(l))
+            .map(|l| format!("+{l}")),
+    );
     out
 }

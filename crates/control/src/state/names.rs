@@ -23,14 +23,20 @@ pub fn sanitize_hostname(hostname: &str) -> String {
     }
     let trimmed: String = out.trim_matches('-').chars().take(63).collect();
     let trimmed = trimmed.trim_end_matches('-').to_string();
-    if trimmed.is_empty() { "node".to_string() } else { trimmed }
+    if trimmed.is_empty() {
+        "node".to_string()
+    } else {
+        trimmed
+    }
 }
 
 /// Whether `name` is a valid DNS label for a rename.
 pub fn is_valid_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
@@ -60,16 +66,20 @@ const QUAD100_V6: Ipv6Addr = Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0
 pub fn allocate_v4(pool: Ipv4Net, used: &BTreeSet<IpAddr>) -> Option<Ipv4Addr> {
     let first = u32::from(pool.network()).checked_add(1)?;
     let last = u32::from(pool.broadcast()).checked_sub(1)?;
-    (first..=last).map(Ipv4Addr::from).find(|a| {
-        *a != QUAD100_V4 && !CHROMEOS_V4.contains(a) && !used.contains(&IpAddr::V4(*a))
-    })
+    (first..=last)
+        .map(Ipv4Addr::from)
+        .find(|a| *a != QUAD100_V4 && !CHROMEOS_V4.contains(a) && !used.contains(&IpAddr::V4(*a)))
 }
 
 /// Lowest free IPv6 in `pool`, skipping the network address and the `::53` resolver.
 pub fn allocate_v6(pool: Ipv6Net, used: &BTreeSet<IpAddr>) -> Option<Ipv6Addr> {
     let base = u128::from(pool.network());
     let size_bits = 128 - u32::from(pool.prefix_len());
-    let max_offset: u128 = if size_bits >= 64 { u128::from(u64::MAX) } else { (1u128 << size_bits) - 1 };
+    let max_offset: u128 = if size_bits >= 64 {
+        u128::from(u64::MAX)
+    } else {
+        (1u128 << size_bits) - 1
+    };
     (1..max_offset)
         .map(|o| Ipv6Addr::from(base + o))
         .find(|a| *a != QUAD100_V6 && !used.contains(&IpAddr::V6(*a)))
@@ -102,8 +112,14 @@ mod tests {
         used.insert(IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)));
         assert_eq!(allocate_v4(pool, &used), Some(Ipv4Addr::new(100, 64, 0, 2)));
         let small: Ipv4Net = "100.115.92.0/22".parse().unwrap();
-        assert_eq!(allocate_v4(small, &BTreeSet::new()), Some(Ipv4Addr::new(100, 115, 94, 0)));
+        assert_eq!(
+            allocate_v4(small, &BTreeSet::new()),
+            Some(Ipv4Addr::new(100, 115, 94, 0))
+        );
         let v6: Ipv6Net = "fd7a:115c:a1e0::/48".parse().unwrap();
-        assert_eq!(allocate_v6(v6, &BTreeSet::new()), "fd7a:115c:a1e0::1".parse().ok());
+        assert_eq!(
+            allocate_v6(v6, &BTreeSet::new()),
+            "fd7a:115c:a1e0::1".parse().ok()
+        );
     }
 }

@@ -24,7 +24,11 @@ impl Primaries {
 
     /// Prefixes `node` is primary for.
     pub fn routes_of(&self, node: NodeId) -> Vec<IpNet> {
-        self.by_prefix.iter().filter(|(_, n)| **n == node).map(|(p, _)| *p).collect()
+        self.by_prefix
+            .iter()
+            .filter(|(_, n)| **n == node)
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// All primaries.
@@ -33,7 +37,11 @@ impl Primaries {
     }
 
     /// Re-elects primaries given the nodes and which of them are online.
-    pub fn recompute(&mut self, nodes: &BTreeMap<NodeId, Node>, sessions: &BTreeMap<NodeId, usize>) {
+    pub fn recompute(
+        &mut self,
+        nodes: &BTreeMap<NodeId, Node>,
+        sessions: &BTreeMap<NodeId, usize>,
+    ) {
         let online = |id: &NodeId| sessions.get(id).is_some_and(|c| *c > 0);
         let mut candidates: BTreeMap<IpNet, Vec<NodeId>> = BTreeMap::new();
         for n in nodes.values().filter(|n| n.authorized) {
@@ -46,11 +54,23 @@ impl Primaries {
         }
         let mut next = BTreeMap::new();
         for (prefix, ids) in candidates {
-            let current = self.by_prefix.get(&prefix).filter(|id| ids.contains(id) && online(id));
-            let chosen = current.copied().or_else(|| ids.iter().copied().find(|id| online(id)));
+            let current = self
+                .by_prefix
+                .get(&prefix)
+                .filter(|id| ids.contains(id) && online(id));
+            let chosen = current
+                .copied()
+                .or_else(|| ids.iter().copied().find(|id| online(id)));
             // With nobody online, keep the previous (or first) advertiser so routes do not
             // flap while all routers restart; traffic to it fails either way.
-            let chosen = chosen.or_else(|| self.by_prefix.get(&prefix).copied().filter(|id| ids.contains(id))).or(ids.first().copied());
+            let chosen = chosen
+                .or_else(|| {
+                    self.by_prefix
+                        .get(&prefix)
+                        .copied()
+                        .filter(|id| ids.contains(id))
+                })
+                .or(ids.first().copied());
             if let Some(c) = chosen {
                 next.insert(prefix, c);
             }
@@ -94,11 +114,13 @@ mod tests {
     #[test]
     fn failover_and_stickiness() {
         let p: IpNet = "192.168.1.0/24".parse().unwrap();
-        let nodes: BTreeMap<NodeId, Node> =
-            [router(1, &["192.168.1.0/24"]), router(2, &["192.168.1.0/24", "0.0.0.0/0"])]
-                .into_iter()
-                .map(|n| (n.id, n))
-                .collect();
+        let nodes: BTreeMap<NodeId, Node> = [
+            router(1, &["192.168.1.0/24"]),
+            router(2, &["192.168.1.0/24", "0.0.0.0/0"]),
+        ]
+        .into_iter()
+        .map(|n| (n.id, n))
+        .collect();
         let mut prim = Primaries::default();
         let mut sessions: BTreeMap<NodeId, usize> = [(NodeId(1), 1), (NodeId(2), 1)].into();
         prim.recompute(&nodes, &sessions);
@@ -106,9 +128,17 @@ mod tests {
         assert!(prim.primary(&"0.0.0.0/0".parse().unwrap()).is_none());
         sessions.remove(&NodeId(1));
         prim.recompute(&nodes, &sessions);
-        assert_eq!(prim.primary(&p), Some(NodeId(2)), "fails over to the online router");
+        assert_eq!(
+            prim.primary(&p),
+            Some(NodeId(2)),
+            "fails over to the online router"
+        );
         sessions.insert(NodeId(1), 1);
         prim.recompute(&nodes, &sessions);
-        assert_eq!(prim.primary(&p), Some(NodeId(2)), "stays on the new primary when the old returns");
+        assert_eq!(
+            prim.primary(&p),
+            Some(NodeId(2)),
+            "stays on the new primary when the old returns"
+        );
     }
 }

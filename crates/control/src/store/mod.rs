@@ -52,7 +52,10 @@ pub trait Store: Send {
     fn data_version(&mut self) -> Result<i64, StoreError>;
 
     /// Loads the server's private keys, creating and saving them with `make` on first start.
-    fn server_keys(&mut self, make: &mut dyn FnMut() -> ServerKeys) -> Result<ServerKeys, StoreError>;
+    fn server_keys(
+        &mut self,
+        make: &mut dyn FnMut() -> ServerKeys,
+    ) -> Result<ServerKeys, StoreError>;
 
     fn insert_user(&mut self, user: &User) -> Result<UserId, StoreError>;
     fn update_user(&mut self, user: &User) -> Result<(), StoreError>;

@@ -17,7 +17,10 @@ pub struct PortRange {
 
 impl PortRange {
     /// Every port.
-    pub const ANY: PortRange = PortRange { first: 0, last: 65535 };
+    pub const ANY: PortRange = PortRange {
+        first: 0,
+        last: 65535,
+    };
 
     /// A single port.
     pub const fn single(p: u16) -> Self {
@@ -46,14 +49,33 @@ pub struct CapGrant {
 /// One allow rule. Rules form an unordered allow-list; anything unmatched is dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilterRule {
-    #[serde(rename = "SrcIPs", default, deserialize_with = "super::null_as_default")]
+    #[serde(
+        rename = "SrcIPs",
+        default,
+        deserialize_with = "super::null_as_default"
+    )]
     pub src_ips: Vec<String>,
-    #[serde(rename = "DstPorts", default, skip_serializing_if = "Vec::is_empty", deserialize_with = "super::null_as_default")]
+    #[serde(
+        rename = "DstPorts",
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "super::null_as_default"
+    )]
     pub dst_ports: Vec<NetPortRange>,
     /// IANA protocol numbers; empty means TCP, UDP, ICMPv4 and ICMPv6.
-    #[serde(rename = "IPProto", default, skip_serializing_if = "Vec::is_empty", deserialize_with = "super::null_as_default")]
+    #[serde(
+        rename = "IPProto",
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "super::null_as_default"
+    )]
     pub ip_proto: Vec<i32>,
-    #[serde(rename = "CapGrant", default, skip_serializing_if = "Vec::is_empty", deserialize_with = "super::null_as_default")]
+    #[serde(
+        rename = "CapGrant",
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "super::null_as_default"
+    )]
     pub cap_grant: Vec<CapGrant>,
 }
 
@@ -62,7 +84,10 @@ impl FilterRule {
     pub fn allow_all() -> Self {
         FilterRule {
             src_ips: vec!["*".to_string()],
-            dst_ports: vec![NetPortRange { ip: "*".to_string(), ports: PortRange::ANY }],
+            dst_ports: vec![NetPortRange {
+                ip: "*".to_string(),
+                ports: PortRange::ANY,
+            }],
             ip_proto: Vec::new(),
             cap_grant: Vec::new(),
         }

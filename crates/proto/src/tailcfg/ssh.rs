@@ -26,7 +26,11 @@ pub struct SshRule {
     pub ssh_users: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<SshAction>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "super::null_as_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "super::null_as_default"
+    )]
     pub accept_env: Vec<String>,
 }
 
