@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use e2e::{
-    AGENT_PORT, Check, Host, KeyOptions, Lan, Needs, backend_state, path_kind, peer,
-    peer_names, report, run_test, wait_until,
+    AGENT_PORT, Check, Host, KeyOptions, Lan, Needs, backend_state, path_kind, peer, peer_names,
+    report, run_test, wait_until,
 };
 
 /// Port of the TCP echo server every host runs on its tailnet IP.
@@ -163,9 +163,12 @@ fn three_hosts_full_mesh() -> anyhow::Result<()> {
             ));
         }
         for (a, b) in ordered_pairs(&members) {
-            let (took, p) = a
-                .host
-                .wait_path(b.name(), "direct", SETTLE_BOUND, Some(Duration::from_secs(3)))?;
+            let (took, p) = a.host.wait_path(
+                b.name(),
+                "direct",
+                SETTLE_BOUND,
+                Some(Duration::from_secs(3)),
+            )?;
             let addr = p["path"]["addr"].as_str().unwrap_or("");
             let want = format!("{}:{AGENT_PORT}", b.host.lan_ip());
             ensure!(
@@ -274,10 +277,7 @@ fn relay_when_udp_blocked_then_direct() -> anyhow::Result<()> {
         let h1 = lan.add_agent("h1")?;
         let h2 = lan.add_agent("h2")?;
         h1.block_udp_with(&h2)?;
-        let members = [
-            up_member(&h1, &key)?,
-            up_member(&h2, &key)?,
-        ];
+        let members = [up_member(&h1, &key)?, up_member(&h2, &key)?];
         wait_full_peer_lists(&members)?;
         let [m1, m2] = &members;
         for (a, b) in [(m1, m2), (m2, m1)] {
@@ -335,6 +335,26 @@ fn relay_when_udp_blocked_then_direct() -> anyhow::Result<()> {
             ));
         }
         m1.host.wait_ping(m2.ip(), Duration::from_secs(10))?;
+
+        // Cutting UDP again on a working direct path: traffic must move back to the relay on its
+        // own (no `agent ping`), as after a Wi-Fi change or a new firewall rule.
+        h1.block_udp_with(&h2)?;
+        let t = Instant::now();
+        let outage = m1
+            .host
+            .wait_ping(m2.ip(), DIRECT_AGAIN_BOUND)
+            .context("h1 -> h2 pings were not answered again after UDP was cut on a direct path")?;
+        let (_, p) = m1
+            .host
+            .wait_path("h2", "relay", DIRECT_AGAIN_BOUND, None)
+            .context("h1 stays on the dead direct path after UDP was cut again")?;
+        m2.host.wait_ping(m1.ip(), FIRST_PACKET_BOUND)?;
+        report(format_args!(
+            "UDP cut on a direct path: pings answered again after {:.1} s, path {} after {:.1} s",
+            outage.as_secs_f64(),
+            p["path"],
+            t.elapsed().as_secs_f64()
+        ));
         lan.ensure_running()
     })
 }
@@ -369,7 +389,10 @@ fn restart_keeps_identity() -> anyhow::Result<()> {
             "h1: daemon stopped with SIGTERM: {exit} after {} ms",
             took.as_millis()
         ));
-        ensure!(exit.success(), "the daemon did not exit cleanly on SIGTERM: {exit}");
+        ensure!(
+            exit.success(),
+            "the daemon did not exit cleanly on SIGTERM: {exit}"
+        );
 
         let t = Instant::now();
         lan.start_agent(&h1.host)?;
@@ -473,7 +496,7 @@ fn expired_node_key_stops_traffic() -> anyhow::Result<()> {
         ));
         let stopped = h1.host.wait_ping_fails(h2.ip(), CHANGE_BOUND)?;
         report(format_args!(
-            "h1 -> h2 pings unanswered {} ms after the expiry",
+            "h1 -> h2 pings unanswered (3 in a row) {} ms after the expiry",
             stopped.as_millis()
         ));
         ensure!(
@@ -488,6 +511,19 @@ fn expired_node_key_stops_traffic() -> anyhow::Result<()> {
                 p["online"],
                 path_kind(p)
             ))
+        ));
+
+        // As h2's status says: a new `agent up --authkey` brings it back.
+        let t = Instant::now();
+        let status = h2.host.agent_up(&key, &[])?;
+        let ip = e2e::node_ipv4(&status["self"]).context("h2 has no tailnet IPv4")?;
+        let took = h1.host.wait_ping(IpAddr::V4(ip), FIRST_PACKET_BOUND)?;
+        report(format_args!(
+            "h2 logged in again as {ip} (was {}): h1 -> h2 ping answered {} ms after `agent up` \
+             ({} ms of pinging)",
+            h2.ip,
+            t.elapsed().as_millis(),
+            took.as_millis()
         ));
         lan.ensure_running()
     })

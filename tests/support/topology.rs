@@ -160,7 +160,15 @@ impl<'a> Lan<'a> {
         let n = hub.name();
         ip(&["-n", n, "link", "add", "br0", "type", "bridge"])?;
         disable_ipv6(&hub, "br0")?;
-        ip(&["-n", n, "addr", "add", &format!("{HUB_IP}/24"), "dev", "br0"])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{HUB_IP}/24"),
+            "dev",
+            "br0",
+        ])?;
         ip(&["-n", n, "link", "set", "br0", "up"])?;
         let dir = env.path("lan");
         std::fs::create_dir_all(&dir)?;
@@ -479,9 +487,16 @@ impl<'a> Lan<'a> {
     /// [`Lan::stop_agent`] excepted).
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         self.ensure_control_running()?;
-        let running: Vec<usize> = self.agents.values().filter_map(|(i, stopped)| (!stopped).then_some(*i)).collect();
+        let running: Vec<usize> = self
+            .agents
+            .values()
+            .filter_map(|(i, stopped)| (!stopped).then_some(*i))
+            .collect();
         for i in running {
-            self.procs.get_mut(i).context("no such process")?.ensure_running()?;
+            self.procs
+                .get_mut(i)
+                .context("no such process")?
+                .ensure_running()?;
         }
         Ok(())
     }
@@ -747,15 +762,11 @@ impl Host {
             timeout,
             || {
                 let s = self.status()?;
-                let missing: Vec<&&str> =
-                    peers.iter().filter(|p| peer(&s, p).is_none()).collect();
+                let missing: Vec<&&str> = peers.iter().filter(|p| peer(&s, p).is_none()).collect();
                 Ok(if missing.is_empty() {
                     Check::Ready(s)
                 } else {
-                    Check::NotYet(format!(
-                        "missing {missing:?}; listed {:?}",
-                        peer_names(&s)
-                    ))
+                    Check::NotYet(format!("missing {missing:?}; listed {:?}", peer_names(&s)))
                 })
             },
         )
@@ -813,7 +824,9 @@ impl Host {
                 let s = self.status()?;
                 Ok(match peer(&s, peer_name) {
                     Some(p) if path_kind(p) == kind => Check::Ready((t.elapsed(), p.clone())),
-                    Some(p) => Check::NotYet(format!("path {}", p.get("path").unwrap_or(&Value::Null))),
+                    Some(p) => {
+                        Check::NotYet(format!("path {}", p.get("path").unwrap_or(&Value::Null)))
+                    }
                     None => Check::NotYet(format!("{peer_name} not listed")),
                 })
             },

@@ -211,7 +211,14 @@ struct PendingPing {
 struct Tun {
     device: Arc<dataplane::tun::TunDevice>,
     reader: tokio::task::JoinHandle<()>,
+    /// Packet buffers returned to the reader after the driver used them.
+    spare: mpsc::Sender<Vec<u8>>,
 }
+
+/// Buffers in flight between the TUN reader and the driver.
+const TUN_BUFFERS: usize = 256;
+/// Largest packet read from the TUN device.
+const TUN_READ: usize = 65535;
 
 struct Driver {
     cfg: RuntimeConfig,
@@ -292,11 +299,14 @@ impl Driver {
                     if let Err(e) = self.engine.handle_tun_packet(&packet, now) {
                         tracing::trace!(error = ?e, "outbound packet dropped");
                     }
+                    // Hand the buffer back to the reader so TUN reads do not allocate.
+                    if let Some(tun) = &self.tun {
+                        let _ = tun.spare.try_send(packet);
+                    }
                 }
                 Input::Tun(None) => {}
                 Input::Udp(Ok((n, from))) => {
-                    let data = udp_buf.get(..n).unwrap_or_default().to_vec();
-                    self.udp_packet(&data, from, now);
+                    self.udp_packet(udp_buf.get(..n).unwrap_or_default(), from, now);
                 }
                 Input::Udp(Err(e)) => {
                     tracing::debug!(error = %e, "UDP receive failed");
@@ -791,16 +801,15 @@ impl Driver {
             )?);
             let reader_dev = Arc::clone(&device);
             let tx = tun_tx.clone();
+            let (spare, mut spares) = mpsc::channel::<Vec<u8>>(TUN_BUFFERS);
             let reader = tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
                 loop {
+                    let mut buf = spares.try_recv().unwrap_or_default();
+                    buf.resize(TUN_READ, 0);
                     match reader_dev.recv(&mut buf).await {
                         Ok(n) => {
-                            if tx
-                                .send(buf.get(..n).unwrap_or_default().to_vec())
-                                .await
-                                .is_err()
-                            {
+                            buf.truncate(n);
+                            if tx.send(buf).await.is_err() {
                                 return;
                             }
                         }
@@ -811,7 +820,11 @@ impl Driver {
                     }
                 }
             });
-            self.tun = Some(Tun { device, reader });
+            self.tun = Some(Tun {
+                device,
+                reader,
+                spare,
+            });
             self.configured_addrs.clear();
         }
         let name = self.cfg.tun.clone();
