@@ -24,12 +24,16 @@
 # starts is killed by PID, and every namespace deleted, on exit, including on failure or Ctrl-C.
 #
 # Usage: sudo benches/throughput.sh [--bin-dir DIR] [--time SECS] [--pings N] [--streams "1 4"]
+#                                   [--rounds N] [--keep-logs]
 #   --bin-dir DIR  where `agent` and `control` are; without it the script runs
 #                  `cargo build --release -p agent -p control` and uses
 #                  ${CARGO_TARGET_DIR:-<repo>/target}/release
 #   --time SECS    seconds per iperf3 run (default 10)
 #   --pings N      pings per path, 0.05 s apart (default 50)
 #   --streams LIST parallel-stream counts to run (default "1 4")
+#   --rounds N     repeat the whole a, b, c sequence N times (default 1) and report the median of
+#                  each iperf3 figure and the ping statistics over all rounds' replies together;
+#                  interleaving the paths spreads the noise of a shared machine over all three
 #   --keep-logs    keep the work directory (logs) instead of deleting it
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -40,6 +44,7 @@ SECS=10
 PINGS=50
 STREAMS="1 4"
 KEEP_LOGS=0
+ROUNDS=1
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -47,6 +52,7 @@ while [ $# -gt 0 ]; do
         --time) SECS="$2"; shift 2 ;;
         --pings) PINGS="$2"; shift 2 ;;
         --streams) STREAMS="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "throughput: unknown argument: $1 (try --help)" >&2; exit 2 ;;
@@ -250,11 +256,17 @@ run_iperf() {
     echo "$mbps $retr $cpu"
 }
 
-# ping <case> <dst>: prints "min avg p99 lost" in ms. p99 is nearest-rank (with 50 pings: the max).
+# run_ping <case> <dst>: prints each reply's round-trip time in ms, one a line.
 run_ping() {
-    local case="$1" dst="$2" out="$WORK/ping-$1.txt"
-    ip netns exec "$NS_H1" ping -c "$PINGS" -i 0.05 -W 1 "$dst" >"$out" 2>&1 || true
-    grep -o 'time=[0-9.]*' "$out" | cut -d= -f2 | sort -n | awk -v sent="$PINGS" '
+    local out="$WORK/ping-$1.txt"
+    ip netns exec "$NS_H1" ping -c "$PINGS" -i 0.05 -W 1 "$2" >"$out" 2>&1 || true
+    grep -o 'time=[0-9.]*' "$out" | cut -d= -f2
+}
+
+# ping_stats <sent> < times: prints "min avg p99 lost" in ms. p99 is nearest-rank, so with fewer
+# than 100 replies it is the maximum.
+ping_stats() {
+    sort -g | awk -v sent="$1" '
         { v[NR] = $1; sum += $1 }
         END {
             if (NR == 0) { print "- - - " sent; exit }
@@ -276,18 +288,37 @@ declare -A NAME=(
     [c]="(c) our agent"
 )
 declare -A R
-for c in a b c; do
-    # Warm up: a fresh handshake or path change must not be in the figures.
-    ip netns exec "$NS_H1" ping -c 3 -i 0.2 -W 1 "${DST[$c]}" >/dev/null 2>&1 || true
-    for s in $STREAMS; do
-        log "${NAME[$c]}: iperf3, $s stream(s), $SECS s"
-        # shellcheck disable=SC2086 # the PID list is meant to split
-        read -r "R[$c,$s,mbps]" "R[$c,$s,retr]" "R[$c,$s,cpu]" \
-            <<<"$(run_iperf "$c" "${DST[$c]}" "$s" ${TUNNEL_PIDS[$c]})"
-        sleep 1
+for ((round = 1; round <= ROUNDS; round++)); do
+    for c in a b c; do
+        # Warm up: a fresh handshake or path change must not be in the figures.
+        ip netns exec "$NS_H1" ping -c 3 -i 0.2 -W 1 "${DST[$c]}" >/dev/null 2>&1 || true
+        for s in $STREAMS; do
+            log "round $round/$ROUNDS, ${NAME[$c]}: iperf3, $s stream(s), $SECS s"
+            # shellcheck disable=SC2086 # the PID list is meant to split
+            read -r "R[$c,$s,$round,mbps]" "R[$c,$s,$round,retr]" "R[$c,$s,$round,cpu]" \
+                <<<"$(run_iperf "$c-$round" "${DST[$c]}" "$s" ${TUNNEL_PIDS[$c]})"
+            sleep 1
+        done
+        log "round $round/$ROUNDS, ${NAME[$c]}: $PINGS pings"
+        run_ping "$c-$round" "${DST[$c]}" >>"$WORK/ping-$c.ms"
     done
-    log "${NAME[$c]}: $PINGS pings"
-    read -r "R[$c,pmin]" "R[$c,pavg]" "R[$c,p99]" "R[$c,lost]" <<<"$(run_ping "$c" "${DST[$c]}")"
+done
+
+# The median over rounds of one figure: median <case> <streams> <field>.
+median() {
+    local round
+    for ((round = 1; round <= ROUNDS; round++)); do echo "${R[$1,$2,$round,$3]}"; done |
+        grep -v '^-$' | sort -g | awk '{ v[NR] = $1 } END {
+            if (NR == 0) print "-"
+            else if (NR % 2) print v[(NR + 1) / 2]
+            else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+for c in a b c; do
+    for s in $STREAMS; do
+        for f in mbps retr cpu; do R[$c,$s,$f]="$(median "$c" "$s" "$f")"; done
+    done
+    read -r "R[$c,pmin]" "R[$c,pavg]" "R[$c,p99]" "R[$c,lost]" \
+        <<<"$(ping_stats "$((PINGS * ROUNDS))" <"$WORK/ping-$c.ms")"
 done
 
 # --- report -----------------------------------------------------------------------------------
@@ -301,8 +332,10 @@ fmt_mbps() { awk -v x="$1" 'BEGIN { if (x == "-") print "-"; else printf "%.0f\n
 FIRST="${STREAMS%% *}"
 {
     echo
-    echo "Throughput benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r)," \
-        "iperf3 ${SECS} s h1 -> h2, ${PINGS} pings at 0.05 s"
+    cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    echo "Throughput benchmark, $(date -u +%Y-%m-%d), $(nproc) cores (${cpu_model:-unknown CPU})," \
+        "Linux $(uname -r); iperf3 ${SECS} s h1 -> h2, median of $ROUNDS round(s);" \
+        "$((PINGS * ROUNDS)) pings at 0.05 s"
     echo
     header="| path |"
     rule="|---|"
@@ -322,10 +355,10 @@ FIRST="${STREAMS%% *}"
         done
         cpu="${R[$c,$FIRST,cpu]}"
         [ "$cpu" = "-" ] || cpu="$cpu%"
-        row+=" ${R[$c,$FIRST,retr]} | $cpu |"
+        row+=" $(fmt_mbps "${R[$c,$FIRST,retr]}") | $cpu |"
         row+=" ${R[$c,pmin]} / ${R[$c,pavg]} / ${R[$c,p99]} |"
         row+=" $(ratio "${R[$c,pavg]}" "${R[a,pavg]}") | $(ratio "${R[$c,pavg]}" "${R[b,pavg]}") |"
-        row+=" ${R[$c,lost]}/$PINGS |"
+        row+=" ${R[$c,lost]}/$((PINGS * ROUNDS)) |"
         echo "$row"
     done
     echo

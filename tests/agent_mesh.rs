@@ -471,6 +471,50 @@ fn ephemeral_node_gone_after_logout() -> anyhow::Result<()> {
     })
 }
 
+/// An ephemeral node whose daemon dies without logging out (SIGKILL) is removed once control's
+/// ephemeral grace period (3 s here, `control serve --ephemeral-grace`) has passed.
+#[test]
+fn ephemeral_node_gone_after_daemon_dies() -> anyhow::Result<()> {
+    run_test("ephemeral_node_gone_after_daemon_dies", needs(), |env| {
+        let mut lan = Lan::start_with(env, &["--ephemeral-grace", "3s"])?;
+        let key = lan.create_key(&KeyOptions::reusable())?;
+        let eph_key = lan.create_key(&KeyOptions {
+            reusable: false,
+            ephemeral: true,
+            tags: Vec::new(),
+        })?;
+        let mut members = join(&mut lan, &["h1"], &key, &[])?;
+        members.extend(join(&mut lan, &["eph"], &eph_key, &["--ephemeral"])?);
+        wait_full_peer_lists(&members)?;
+        let [h1, eph] = members.as_slice() else {
+            unreachable!("two members");
+        };
+        h1.host.wait_ping(eph.ip(), FIRST_PACKET_BOUND)?;
+
+        let t = Instant::now();
+        let exit = lan.kill_agent(&eph.host)?;
+        report(format_args!("eph: daemon killed ({exit})"));
+        let gone = h1.host.wait_peer_gone("eph", CHANGE_BOUND)?;
+        report(format_args!(
+            "eph killed: gone from h1's agent status after {} ms (grace 3 s)",
+            gone.as_millis()
+        ));
+        wait_until("control nodes list to drop eph", CHANGE_BOUND, || {
+            let nodes = lan.nodes()?;
+            Ok(if nodes.to_string().contains("\"eph") {
+                Check::NotYet(format!("{nodes}"))
+            } else {
+                Check::Ready(())
+            })
+        })?;
+        report(format_args!(
+            "eph gone from control nodes list after {} ms",
+            t.elapsed().as_millis()
+        ));
+        lan.ensure_running()
+    })
+}
+
 /// `control nodes expire h2` stops h2's traffic within a generous bound, and h2's own status
 /// says it needs to log in again.
 #[test]

@@ -392,6 +392,23 @@ impl<'a> Lan<'a> {
         Ok((status, t.elapsed()))
     }
 
+    /// Kills the host's agent daemon with SIGKILL, as a crash or power loss would: no logout,
+    /// no goodbye to control.
+    pub fn kill_agent(&mut self, host: &Host) -> anyhow::Result<ExitStatus> {
+        let (idx, stopped) = self
+            .agents
+            .get_mut(&host.name)
+            .with_context(|| format!("no agent daemon was started on {}", host.name))?;
+        *stopped = true;
+        let proc = self.procs.get_mut(*idx).context("no such process")?;
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &proc.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        // Reaps it (SIGTERM to a dead process is harmless).
+        proc.stop()
+    }
+
     /// Starts a long-running process on `host`, logging to `<lan dir>/<name>.log`.
     pub fn spawn(&mut self, host: &Host, name: &str, spec: &Spawn) -> anyhow::Result<()> {
         let ns = Arc::clone(&host.ns);

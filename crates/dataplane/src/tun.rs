@@ -6,18 +6,20 @@
 //! helpers [`set_link`], [`add_address`], [`add_route`], [`del_route`]) gives the device its
 //! addresses and routes.
 //!
-//! Addresses and routes go through the `ip` binary (iproute2) rather than `rtnetlink`: it is
-//! present on every Linux system we target, it runs a handful of times per netmap change (never
-//! per packet), its error messages are the ones operators already know, and it keeps a second
-//! netlink stack (rtnetlink 0.24 + netlink-packet-route, plus tun-rs's own `netconfig-rs` if its
-//! `address-management` feature were on) out of the dependency tree. Swapping in rtnetlink later
-//! only touches this module.
+//! Link state, addresses and routes are set over rtnetlink (no `ip` binary): each call opens a
+//! netlink socket in the caller's network namespace, runs its connection task on the current
+//! tokio runtime and closes it when done. That costs one socket per call, which is fine because
+//! these run a handful of times per netmap change, never per packet. The calls are idempotent:
+//! an address or route that is already there is replaced in place, and deleting a route that is
+//! gone is not an error.
 
 use std::io;
-use std::process::Stdio;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
+use futures::TryStreamExt;
 use ipnet::IpNet;
-use tokio::process::Command;
+use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::engine::TunWrite;
 
@@ -31,7 +33,7 @@ const MAX_NAME: usize = 15;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TunError {
-    /// The interface name is empty, too long or has characters `ip` would misread.
+    /// The interface name is empty, too long or has characters the kernel rejects.
     #[error(
         "invalid interface name {0:?}: use 1-15 letters, digits, '_', '-' or '.', not starting with '-'"
     )]
@@ -47,24 +49,16 @@ pub enum TunError {
         #[source]
         source: io::Error,
     },
-    /// The `ip` command could not be started (is iproute2 installed?).
-    #[error("could not run `ip` ({args}): {source}")]
-    Spawn {
-        /// The arguments given to `ip`.
-        args: String,
-        /// The OS error.
+    /// The kernel refused a netlink request (no permission, no such device, bad prefix, …).
+    #[error("TUN device {name}: netlink {op} failed: {source}")]
+    Netlink {
+        /// The interface.
+        name: String,
+        /// What we were doing, e.g. `add route 100.64.0.0/10`.
+        op: String,
+        /// The kernel's error (an errno) or why the netlink exchange failed.
         #[source]
         source: io::Error,
-    },
-    /// The `ip` command ran and failed.
-    #[error("`ip {args}` failed ({status}): {stderr}")]
-    Command {
-        /// The arguments given to `ip`.
-        args: String,
-        /// Its exit status.
-        status: std::process::ExitStatus,
-        /// What it printed on stderr.
-        stderr: String,
     },
 }
 
@@ -180,75 +174,241 @@ impl TunDevice {
 }
 
 /// Brings the link up with `mtu`, adds `addresses` (addresses already there are kept) and points
-/// `routes` at the device in the main routing table.
+/// `routes` at the device in the main routing table. Running it again with the same arguments
+/// changes nothing and succeeds.
 pub async fn configure(
     name: &str,
     mtu: u16,
     addresses: &[IpNet],
     routes: &[IpNet],
 ) -> Result<(), TunError> {
-    set_link(name, mtu, true).await?;
+    let nl = Netlink::open(name)?;
+    let index = nl.link_index().await?;
+    nl.set_link(index, mtu, true).await?;
     for a in addresses {
-        add_address(name, *a).await?;
+        nl.add_address(index, *a).await?;
     }
     for r in routes {
-        add_route(name, *r, None).await?;
+        nl.add_route(index, *r, None).await?;
     }
     Ok(())
 }
 
-/// `ip link set dev NAME mtu MTU up|down`.
+/// Sets the link's MTU and brings it up or down (`ip link set dev NAME mtu MTU up|down`).
 pub async fn set_link(name: &str, mtu: u16, up: bool) -> Result<(), TunError> {
-    validate_name(name)?;
-    let mtu = mtu.to_string();
-    ip(&[
-        "link",
-        "set",
-        "dev",
-        name,
-        "mtu",
-        &mtu,
-        if up { "up" } else { "down" },
-    ])
-    .await
+    let nl = Netlink::open(name)?;
+    let index = nl.link_index().await?;
+    nl.set_link(index, mtu, up).await
 }
 
-/// `ip addr replace ADDR dev NAME` (idempotent). Tailnet addresses are host prefixes
-/// (`/32`, `/128`) so the kernel adds no connected route; routes come from [`add_route`].
+/// Adds `address` with its prefix length to the link, replacing it in place if it is already
+/// there (`ip addr replace ADDR dev NAME`). Tailnet addresses are host prefixes (`/32`,
+/// `/128`), so the only connected route the kernel adds is the IPv6 address's own `/128`; the
+/// tailnet routes come from [`add_route`].
 pub async fn add_address(name: &str, address: IpNet) -> Result<(), TunError> {
-    validate_name(name)?;
-    let a = address.to_string();
-    ip(&[family(&address), "addr", "replace", &a, "dev", name]).await
+    let nl = Netlink::open(name)?;
+    let index = nl.link_index().await?;
+    nl.add_address(index, address).await
 }
 
-/// `ip route replace PREFIX dev NAME [table TABLE]` (idempotent).
+/// Points `prefix` at the link in the main table or `table`, replacing a route to the same
+/// prefix there (`ip route replace PREFIX dev NAME [table TABLE]`). Host bits are ignored.
 pub async fn add_route(name: &str, prefix: IpNet, table: Option<u32>) -> Result<(), TunError> {
-    validate_name(name)?;
-    let p = prefix.trunc().to_string();
-    let table = table.map(|t| t.to_string());
-    let mut args = vec![family(&prefix), "route", "replace", &p, "dev", name];
-    if let Some(t) = &table {
-        args.extend(["table", t.as_str()]);
-    }
-    ip(&args).await
+    let nl = Netlink::open(name)?;
+    let index = nl.link_index().await?;
+    nl.add_route(index, prefix, table).await
 }
 
-/// `ip route del PREFIX dev NAME [table TABLE]`.
+/// Removes the route to `prefix` through the link from the main table or `table`
+/// (`ip route del PREFIX dev NAME [table TABLE]`). A route that is not there is not an error.
 pub async fn del_route(name: &str, prefix: IpNet, table: Option<u32>) -> Result<(), TunError> {
-    validate_name(name)?;
-    let p = prefix.trunc().to_string();
-    let table = table.map(|t| t.to_string());
-    let mut args = vec![family(&prefix), "route", "del", &p, "dev", name];
-    if let Some(t) = &table {
-        args.extend(["table", t.as_str()]);
-    }
-    ip(&args).await
+    let nl = Netlink::open(name)?;
+    let index = nl.link_index().await?;
+    nl.del_route(index, prefix, table).await
 }
 
-fn family(net: &IpNet) -> &'static str {
-    match net {
-        IpNet::V4(_) => "-4",
-        IpNet::V6(_) => "-6",
+/// One rtnetlink connection, scoped to the operations on one interface.
+struct Netlink {
+    handle: Handle,
+    /// The connection task; aborted on drop so it never outlives the call that opened it.
+    task: tokio::task::JoinHandle<()>,
+    name: String,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Netlink {
+    /// Validates `name` and opens a socket in the calling thread's network namespace. Must run
+    /// inside a tokio runtime (the connection is a task on it).
+    fn open(name: &str) -> Result<Self, TunError> {
+        validate_name(name)?;
+        let (conn, handle, _multicast) =
+            rtnetlink::new_connection().map_err(|source| TunError::Netlink {
+                name: name.to_string(),
+                op: "open socket".to_string(),
+                source,
+            })?;
+        Ok(Netlink {
+            handle,
+            task: tokio::spawn(conn),
+            name: name.to_string(),
+        })
+    }
+
+    fn err(&self, op: String, e: rtnetlink::Error) -> TunError {
+        TunError::Netlink {
+            name: self.name.clone(),
+            op,
+            source: to_io(e),
+        }
+    }
+
+    /// The interface index; a missing interface is `ENODEV` ("No such device").
+    async fn link_index(&self) -> Result<u32, TunError> {
+        let op = || "look up link".to_string();
+        let link = self
+            .handle
+            .link()
+            .get()
+            .match_name(self.name.clone())
+            .execute()
+            .try_next()
+            .await
+            .map_err(|e| self.err(op(), e))?;
+        match link {
+            Some(l) => Ok(l.header.index),
+            None => Err(TunError::Netlink {
+                name: self.name.clone(),
+                op: op(),
+                source: io::Error::from_raw_os_error(ENODEV),
+            }),
+        }
+    }
+
+    async fn set_link(&self, index: u32, mtu: u16, up: bool) -> Result<(), TunError> {
+        let builder = LinkUnspec::new_with_index(index).mtu(u32::from(mtu));
+        let builder = if up { builder.up() } else { builder.down() };
+        tracing::debug!(name = %self.name, mtu, up, "netlink: set link");
+        self.handle
+            .link()
+            .set(builder.build())
+            .execute()
+            .await
+            .map_err(|e| {
+                let state = if up { "up" } else { "down" };
+                self.err(format!("set link mtu {mtu} {state}"), e)
+            })
+    }
+
+    async fn add_address(&self, index: u32, address: IpNet) -> Result<(), TunError> {
+        tracing::debug!(name = %self.name, %address, "netlink: add address");
+        let result = self
+            .handle
+            .address()
+            .add(index, address.addr(), address.prefix_len())
+            .replace()
+            .execute()
+            .await;
+        ok_if(result, &[EEXIST]).map_err(|e| self.err(format!("add address {address}"), e))
+    }
+
+    async fn add_route(
+        &self,
+        index: u32,
+        prefix: IpNet,
+        table: Option<u32>,
+    ) -> Result<(), TunError> {
+        let prefix = prefix.trunc();
+        tracing::debug!(name = %self.name, %prefix, ?table, "netlink: add route");
+        let mut msg = route_message(index, prefix, table);
+        // What `ip route replace PREFIX dev NAME` sends: a unicast route, link scope for an
+        // IPv4 route without gateway (IPv6 has no route scopes, so universe there).
+        msg.header.kind = RouteType::Unicast;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.scope = match prefix {
+            IpNet::V4(_) => RouteScope::Link,
+            IpNet::V6(_) => RouteScope::Universe,
+        };
+        let result = self.handle.route().add(msg).replace().execute().await;
+        ok_if(result, &[EEXIST]).map_err(|e| self.err(route_op("add", prefix, table), e))
+    }
+
+    async fn del_route(
+        &self,
+        index: u32,
+        prefix: IpNet,
+        table: Option<u32>,
+    ) -> Result<(), TunError> {
+        let prefix = prefix.trunc();
+        tracing::debug!(name = %self.name, %prefix, ?table, "netlink: delete route");
+        let mut msg = route_message(index, prefix, table);
+        // Wildcards, as `ip route del` sends them: otherwise the kernel only deletes a route whose
+        // protocol, scope and type match exactly, and a route added by hand would survive.
+        msg.header.kind = RouteType::Unspec;
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.scope = RouteScope::NoWhere;
+        let result = self.handle.route().del(msg).execute().await;
+        ok_if(result, &[ESRCH, ENOENT]).map_err(|e| self.err(route_op("delete", prefix, table), e))
+    }
+}
+
+/// A route to `prefix` (already truncated) out of link `index` in `table` (main if `None`).
+fn route_message(index: u32, prefix: IpNet, table: Option<u32>) -> RouteMessage {
+    match prefix {
+        IpNet::V4(p) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(p.network(), p.prefix_len())
+            .output_interface(index)
+            .table_id(table.unwrap_or(MAIN_TABLE))
+            .build(),
+        IpNet::V6(p) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(p.network(), p.prefix_len())
+            .output_interface(index)
+            .table_id(table.unwrap_or(MAIN_TABLE))
+            .build(),
+    }
+}
+
+fn route_op(verb: &str, prefix: IpNet, table: Option<u32>) -> String {
+    match table {
+        Some(t) => format!("{verb} route {prefix} table {t}"),
+        None => format!("{verb} route {prefix}"),
+    }
+}
+
+/// `RT_TABLE_MAIN`.
+const MAIN_TABLE: u32 = 254;
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const EEXIST: i32 = 17;
+const ENODEV: i32 = 19;
+
+/// The errno a netlink NACK carries (positive), if that is what `e` is.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| c.get().abs()),
+        _ => None,
+    }
+}
+
+/// Treats the listed errnos (and a bare ACK that rtnetlink reports as an error) as success.
+fn ok_if(result: Result<(), rtnetlink::Error>, benign: &[i32]) -> Result<(), rtnetlink::Error> {
+    match result {
+        Err(rtnetlink::Error::NetlinkError(m)) if m.code.is_none() => Ok(()),
+        Err(e) if errno(&e).is_some_and(|n| benign.contains(&n)) => Ok(()),
+        other => other,
+    }
+}
+
+/// Kernel NACKs become the plain OS error ("File exists (os error 17)"); anything else (a
+/// malformed or unexpected reply, a closed connection) keeps rtnetlink's description.
+fn to_io(e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => io::Error::other(other.to_string()),
     }
 }
 
@@ -264,28 +424,6 @@ fn validate_name(name: &str) -> Result<(), TunError> {
     } else {
         Err(TunError::InvalidName(name.to_string()))
     }
-}
-
-async fn ip(args: &[&str]) -> Result<(), TunError> {
-    let joined = args.join(" ");
-    tracing::debug!(args = %joined, "running ip");
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| TunError::Spawn {
-            args: joined.clone(),
-            source,
-        })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(TunError::Command {
-        args: joined,
-        status: out.status,
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
 }
 
 #[cfg(test)]

@@ -344,7 +344,13 @@ impl Driver {
         self.paths.handle_timeout(now);
         self.stun.handle_timeout(now);
         self.derp.cleanup(now);
-        if self.control.is_some() && now >= self.next_stun && !self.stun.is_running() {
+        // STUN servers come from the DERP map: without one there is nothing to measure.
+        let have_servers = self.netmap.as_ref().is_some_and(|m| m.derp_map.is_some());
+        if self.control.is_some()
+            && have_servers
+            && now >= self.next_stun
+            && !self.stun.is_running()
+        {
             self.stun.start_report(now);
             self.next_stun = now + RESTUN;
         }
@@ -477,6 +483,7 @@ impl Driver {
     }
 
     fn handle_report(&mut self, report: &nat::stun_client::Report) {
+        tracing::debug!(udp = report.udp, global_v4 = ?report.global_v4, home = ?report.preferred_derp, "STUN report");
         let mut endpoints: Vec<(SocketAddr, EndpointType)> = Vec::new();
         for ip in local_addresses() {
             endpoints.push((SocketAddr::new(ip, self.port), EndpointType::LOCAL));
@@ -767,10 +774,16 @@ impl Driver {
                 .collect(),
             now,
         );
+        let derp_map_changed = self.netmap.as_ref().map(|old| &old.derp_map) != Some(&nm.derp_map);
         if let Some(map) = &nm.derp_map {
             self.derp.set_map(map.clone());
             self.stun
                 .set_regions(nat::stun_client::regions_from_derp_map(map));
+            // New STUN servers: measure now (as Tailscale does on a DERP map change) rather than
+            // at the next periodic re-STUN.
+            if derp_map_changed {
+                self.next_stun = now;
+            }
             // Until STUN has measured, home on the first relay region so DERP works at once.
             if self.derp.home().is_none() {
                 let first = map
