@@ -24,7 +24,7 @@
 # starts is killed by PID, and every namespace deleted, on exit, including on failure or Ctrl-C.
 #
 # Usage: sudo benches/throughput.sh [--bin-dir DIR] [--time SECS] [--pings N] [--streams "1 4"]
-#                                   [--rounds N] [--keep-logs]
+#                                   [--rounds N] [--keep-logs] [--perf]
 #   --bin-dir DIR  where `agent` and `control` are; without it the script runs
 #                  `cargo build --release -p agent -p control` and uses
 #                  ${CARGO_TARGET_DIR:-<repo>/target}/release
@@ -35,6 +35,8 @@
 #                  each iperf3 figure and the ping statistics over all rounds' replies together;
 #                  interleaving the paths spreads the noise of a shared machine over all three
 #   --keep-logs    keep the work directory (logs) instead of deleting it
+#   --perf         profile both agents with `perf record -g` during round 1's first (c) iperf3
+#                  run; the report is written to perf-agent.txt in the (kept) work directory
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
@@ -45,6 +47,7 @@ PINGS=50
 STREAMS="1 4"
 KEEP_LOGS=0
 ROUNDS=1
+PERF=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -54,6 +57,7 @@ while [ $# -gt 0 ]; do
         --streams) STREAMS="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
+        --perf) PERF=1; KEEP_LOGS=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "throughput: unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -63,7 +67,7 @@ log() { printf 'throughput: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, TUN devices)"
-for cmd in ip iperf3 ping wireguard-go wg jq awk; do
+for cmd in ip iperf3 ping wireguard-go wg jq awk $([ "$PERF" = 1 ] && echo perf); do
     command -v "$cmd" >/dev/null 2>&1 ||
         die "$cmd not found; run scripts/install-bench-deps.sh"
 done
@@ -294,9 +298,23 @@ for ((round = 1; round <= ROUNDS; round++)); do
         ip netns exec "$NS_H1" ping -c 3 -i 0.2 -W 1 "${DST[$c]}" >/dev/null 2>&1 || true
         for s in $STREAMS; do
             log "round $round/$ROUNDS, ${NAME[$c]}: iperf3, $s stream(s), $SECS s"
+            perf_pid=""
+            if [ "$PERF" = 1 ] && [ "$c" = c ] && [ "$round" = 1 ] && [ "$s" = "${STREAMS%% *}" ]; then
+                perf record -q -F 499 -g -o "$WORK/perf-agent.data" \
+                    -p "$(IFS=,; echo "${AGENT_PIDS[*]}")" -- sleep "$((SECS > 2 ? SECS - 1 : 1))" \
+                    >"$WORK/perf-record.log" 2>&1 &
+                perf_pid="$!"
+                PIDS+=("$perf_pid")
+            fi
             # shellcheck disable=SC2086 # the PID list is meant to split
             read -r "R[$c,$s,$round,mbps]" "R[$c,$s,$round,retr]" "R[$c,$s,$round,cpu]" \
                 <<<"$(run_iperf "$c-$round" "${DST[$c]}" "$s" ${TUNNEL_PIDS[$c]})"
+            if [ -n "$perf_pid" ]; then
+                wait "$perf_pid" || log "perf record failed (see $WORK/perf-record.log)"
+                perf report -i "$WORK/perf-agent.data" --no-children --percent-limit 0.5 \
+                    --stdio -g none --sort comm,dso,symbol >"$WORK/perf-agent.txt" 2>/dev/null ||
+                    log "perf report failed"
+            fi
             sleep 1
         done
         log "round $round/$ROUNDS, ${NAME[$c]}: $PINGS pings"
@@ -308,7 +326,7 @@ done
 median() {
     local round
     for ((round = 1; round <= ROUNDS; round++)); do echo "${R[$1,$2,$round,$3]}"; done |
-        grep -v '^-$' | sort -g | awk '{ v[NR] = $1 } END {
+        { grep -v '^-$' || true; } | sort -g | awk '{ v[NR] = $1 } END {
             if (NR == 0) print "-"
             else if (NR % 2) print v[(NR + 1) / 2]
             else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
@@ -327,6 +345,7 @@ ratio() { # ratio X Y -> X/Y with 2 decimals, or "-" when either is missing or Y
     awk -v x="$1" -v y="$2" 'BEGIN {
         if (x == "-" || y == "-" || y + 0 == 0) print "-"; else printf "%.2f\n", x / y }'
 }
+# fmt_mbps X: X rounded to a whole number; "-" stays "-".
 fmt_mbps() { awk -v x="$1" 'BEGIN { if (x == "-") print "-"; else printf "%.0f\n", x }'; }
 
 FIRST="${STREAMS%% *}"
@@ -354,7 +373,7 @@ FIRST="${STREAMS%% *}"
             row+=" | $(ratio "${R[$c,$s,mbps]}" "${R[b,$s,mbps]}") |"
         done
         cpu="${R[$c,$FIRST,cpu]}"
-        [ "$cpu" = "-" ] || cpu="$cpu%"
+        [ "$cpu" = "-" ] || cpu="$(fmt_mbps "$cpu")%"
         row+=" $(fmt_mbps "${R[$c,$FIRST,retr]}") | $cpu |"
         row+=" ${R[$c,pmin]} / ${R[$c,pavg]} / ${R[$c,p99]} |"
         row+=" $(ratio "${R[$c,pavg]}" "${R[a,pavg]}") | $(ratio "${R[$c,pavg]}" "${R[b,pavg]}") |"
