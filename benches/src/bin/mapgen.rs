@@ -22,17 +22,28 @@ const TEAMS: usize = 100;
 
 fn policy(extra: bool) -> String {
     let mut groups = Vec::new();
-    let mut acls = vec![r#"{"action":"accept","src":["autogroup:member"],"dst":["tag:shared:443"]}"#.to_string()];
+    let mut acls = vec![
+        r#"{"action":"accept","src":["autogroup:member"],"dst":["tag:shared:443"]}"#.to_string(),
+    ];
     let mut owners = vec![r#""tag:shared":[]"#.to_string()];
     for t in 0..TEAMS {
         groups.push(format!(r#""group:team{t}":["user{t}@example.com"]"#));
         owners.push(format!(r#""tag:svc{t}":[]"#));
-        acls.push(format!(r#"{{"action":"accept","src":["group:team{t}"],"dst":["tag:svc{t}:*"]}}"#));
+        acls.push(format!(
+            r#"{{"action":"accept","src":["group:team{t}"],"dst":["tag:svc{t}:*"]}}"#
+        ));
     }
     if extra {
-        acls.push(r#"{"action":"accept","src":["group:team0"],"dst":["tag:svc1:8080"]}"#.to_string());
+        acls.push(
+            r#"{"action":"accept","src":["group:team0"],"dst":["tag:svc1:8080"]}"#.to_string(),
+        );
     }
-    format!(r#"{{"groups":{{{}}},"tagOwners":{{{}}},"acls":[{}]}}"#, groups.join(","), owners.join(","), acls.join(","))
+    format!(
+        r#"{{"groups":{{{}}},"tagOwners":{{{}}},"acls":[{}]}}"#,
+        groups.join(","),
+        owners.join(","),
+        acls.join(",")
+    )
 }
 
 struct Setup {
@@ -48,27 +59,52 @@ fn setup(n: usize, with_policy: bool) -> Setup {
     let now = Utc::now();
     let mut rng = rand::thread_rng();
     if with_policy {
-        t.set_policy(&policy(false), &Actor::cli(), now).expect("policy");
+        t.set_policy(&policy(false), &Actor::cli(), now)
+            .expect("policy");
     }
     for u in 0..TEAMS {
-        t.create_user(&format!("user{u}@example.com"), "", &Actor::cli(), now).expect("user");
+        t.create_user(&format!("user{u}@example.com"), "", &Actor::cli(), now)
+            .expect("user");
     }
     let mut user_keys = Vec::new();
     for u in 0..TEAMS {
-        let opts = AuthKeyOptions { user: Some(format!("user{u}@example.com")), reusable: true, ..Default::default() };
-        user_keys.push(t.create_auth_key(opts, &Actor::cli(), now, &mut rng).expect("key").1);
+        let opts = AuthKeyOptions {
+            user: Some(format!("user{u}@example.com")),
+            reusable: true,
+            ..Default::default()
+        };
+        user_keys.push(
+            t.create_auth_key(opts, &Actor::cli(), now, &mut rng)
+                .expect("key")
+                .1,
+        );
     }
     let mut tag_keys = Vec::new();
     if with_policy {
-        for tag in (0..TEAMS).map(|i| format!("tag:svc{i}")).chain(["tag:shared".to_string()]) {
-            let opts = AuthKeyOptions { tags: vec![tag], reusable: true, ..Default::default() };
-            tag_keys.push(t.create_auth_key(opts, &Actor::cli(), now, &mut rng).expect("key").1);
+        for tag in (0..TEAMS)
+            .map(|i| format!("tag:svc{i}"))
+            .chain(["tag:shared".to_string()])
+        {
+            let opts = AuthKeyOptions {
+                tags: vec![tag],
+                reusable: true,
+                ..Default::default()
+            };
+            tag_keys.push(
+                t.create_auth_key(opts, &Actor::cli(), now, &mut rng)
+                    .expect("key")
+                    .1,
+            );
         }
     }
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         // Every tenth node is a tagged service; the others are user devices, spread over teams.
-        let key = if with_policy && i % 10 == 9 { &tag_keys[(i / 10) % tag_keys.len()] } else { &user_keys[(i / 10) % TEAMS] };
+        let key = if with_policy && i % 10 == 9 {
+            &tag_keys[(i / 10) % tag_keys.len()]
+        } else {
+            &user_keys[(i / 10) % TEAMS]
+        };
         let machine = MachinePrivate::generate(&mut rand_core_rng()).public();
         let node_key = NodePrivate::generate(&mut rand_core_rng()).public();
         let input = RegisterInput {
@@ -81,7 +117,9 @@ fn setup(n: usize, with_policy: bool) -> Setup {
         assert!(out.error.is_empty(), "{}", out.error);
         let disco = DiscoPrivate::generate(&mut rand_core_rng()).public();
         let ep = vec![format!("198.51.{}.{}:41641", (i / 250) % 250, i % 250 + 1)];
-        let id = t.update_from_map_request(machine, node_key, Some(disco), Some(ep), None, now).expect("map");
+        let id = t
+            .update_from_map_request(machine, node_key, Some(disco), Some(ep), None, now)
+            .expect("map");
         t.session_started(id);
         ids.push(id);
     }
@@ -150,9 +188,14 @@ fn run(scenario: &'static str, n: usize, with_policy: bool) -> Row {
     let rss1 = benches::rss_bytes().unwrap_or(0);
 
     // One policy change: build every node's new map, diff, encode what would be sent.
-    let change = if with_policy { policy(true) } else { r#"{"acls":[{"action":"accept","src":["*"],"dst":["*:443"]}]}"#.to_string() };
+    let change = if with_policy {
+        policy(true)
+    } else {
+        r#"{"acls":[{"action":"accept","src":["*"],"dst":["*:443"]}]}"#.to_string()
+    };
     let start = Instant::now();
-    t.set_policy(&change, &Actor::cli(), now).expect("policy change");
+    t.set_policy(&change, &Actor::cli(), now)
+        .expect("policy change");
     let (mut msgs, mut json_bytes, mut wire_bytes) = (0, 0, 0);
     for (i, id) in ids.iter().enumerate() {
         let next = mapper::build(&mut t, &mut cache, &inputs, *id, now).expect("map");
@@ -185,7 +228,15 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--one") {
         let n: usize = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(1000);
         let with_policy = args.get(i + 2).is_none_or(|s| s == "policy");
-        let r = run(if with_policy { "teams (policy)" } else { "all-to-all (no policy)" }, n, with_policy);
+        let r = run(
+            if with_policy {
+                "teams (policy)"
+            } else {
+                "all-to-all (no policy)"
+            },
+            n,
+            with_policy,
+        );
         println!("{}", r.line());
         return;
     }
@@ -200,10 +251,15 @@ fn main() {
         jobs.push((1000, "none"));
     }
     let exe = std::env::current_exe().expect("own path");
-    println!("| scenario | nodes | all first maps | first-map bytes (zstd) | policy change: build+diff+encode all | messages | delta JSON bytes | delta wire bytes | server memory per node |");
+    println!(
+        "| scenario | nodes | all first maps | first-map bytes (zstd) | policy change: build+diff+encode all | messages | delta JSON bytes | delta wire bytes | server memory per node |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (n, kind) in jobs {
-        let out = std::process::Command::new(&exe).args(["--one", &n.to_string(), kind]).output().expect("run scenario");
+        let out = std::process::Command::new(&exe)
+            .args(["--one", &n.to_string(), kind])
+            .output()
+            .expect("run scenario");
         print!("{}", String::from_utf8_lossy(&out.stdout));
         if !out.status.success() {
             eprintln!("{}", String::from_utf8_lossy(&out.stderr));
