@@ -225,6 +225,8 @@ if ! retry 20 direct_path; then
 fi
 ip netns exec "$NS_H1" "$AGENT" status --socket "$WORK/h1.sock" >"$WORK/agent-status.txt" 2>&1 || true
 
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+
 # --- measurements -----------------------------------------------------------------------------
 
 # CPU ticks (user + system) used so far by the given PIDs.
@@ -354,7 +356,8 @@ FIRST="${STREAMS%% *}"
     cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "Throughput benchmark, $(date -u +%Y-%m-%d), $(nproc) cores (${cpu_model:-unknown CPU})," \
         "Linux $(uname -r); iperf3 ${SECS} s h1 -> h2, median of $ROUNDS round(s);" \
-        "$((PINGS * ROUNDS)) pings at 0.05 s"
+        "$((PINGS * ROUNDS)) pings at 0.05 s; load average before $LOAD_BEFORE," \
+        "after $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     header="| path |"
     rule="|---|"
@@ -362,8 +365,8 @@ FIRST="${STREAMS%% *}"
         header+=" TCP $s stream(s) Mbit/s | ×(a) | ×(b) |"
         rule+="---|---|---|"
     done
-    header+=" retransmits ($FIRST) | tunnel CPU ($FIRST) | ping min / avg / p99 ms | avg ×(a) | avg ×(b) | lost |"
-    rule+="---|---|---|---|---|---|"
+    header+=" retransmits ($FIRST) | tunnel CPU ($FIRST) | cores per Gbit/s ($FIRST) | ping min / avg / p99 ms | avg ×(a) | avg ×(b) | lost |"
+    rule+="---|---|---|---|---|---|---|"
     echo "$header"
     echo "$rule"
     for c in a b c; do
@@ -375,6 +378,9 @@ FIRST="${STREAMS%% *}"
         cpu="${R[$c,$FIRST,cpu]}"
         [ "$cpu" = "-" ] || cpu="$(fmt_mbps "$cpu")%"
         row+=" $(fmt_mbps "${R[$c,$FIRST,retr]}") | $cpu |"
+        # CPU cost per unit of throughput: fairer than raw CPU when the machine is saturated.
+        row+=" $(awk -v c="${R[$c,$FIRST,cpu]}" -v m="${R[$c,$FIRST,mbps]}" 'BEGIN {
+            if (c == "-" || m == "-" || m + 0 == 0) print "-"; else printf "%.2f\n", (c / 100) / (m / 1000) }') |"
         row+=" ${R[$c,pmin]} / ${R[$c,pavg]} / ${R[$c,p99]} |"
         row+=" $(ratio "${R[$c,pavg]}" "${R[a,pavg]}") | $(ratio "${R[$c,pavg]}" "${R[b,pavg]}") |"
         row+=" ${R[$c,lost]}/$((PINGS * ROUNDS)) |"
