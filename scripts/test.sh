@@ -39,4 +39,7 @@ step "rustfmt" cargo fmt --all -- --check
 # which compete for the two cores and make timings noisy when run side by side.
 step "unit and integration tests" cargo test --workspace --exclude e2e
 export E2E_STRICT="${E2E_STRICT:-1}"
+# The build step above made the binaries with the workspace's features; a per-package rebuild from
+# inside the tests would compile dependencies again with other features and waste minutes.
+export E2E_NO_BUILD="${E2E_NO_BUILD:-1}"
 step "end-to-end tests" cargo test -p e2e -- --test-threads=1
