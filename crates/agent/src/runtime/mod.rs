@@ -18,6 +18,7 @@
 
 pub mod derp;
 mod status;
+mod udp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use crate::daemon::backend::{Backend, BackendError, BackendFuture};
 use crate::daemon::state::{Keys, Prefs, StateDir};
 use crate::ipn::{BackendState, PingReply, Status, UpReply, UpRequest, WhoIs};
 use derp::{DerpEvent, DerpManager};
+use udp::{BatchSocket, RecvBatch, SendBatch};
 
 /// The tailnet's address ranges, routed to the TUN device.
 const TAILNET_ROUTES: [&str; 2] = ["100.64.0.0/10", "fd7a:115c:a1e0::/48"];
@@ -88,6 +90,7 @@ impl EngineBackend {
         keys: Keys,
     ) -> std::io::Result<Self> {
         let udp = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], cfg.port))).await?;
+        let udp = BatchSocket::new(udp)?;
         let port = udp.local_addr()?.port();
         let (tx, rx) = mpsc::channel(64);
         let (derp_tx, derp_rx) = mpsc::channel(1024);
@@ -112,6 +115,7 @@ impl EngineBackend {
             derp: DerpManager::new(keys.node_private.clone(), derp_tx),
             keys,
             udp: Arc::new(udp),
+            udp_out: SendBatch::new(),
             port,
             tun: None,
             control: None,
@@ -215,10 +219,24 @@ struct Tun {
     spare: mpsc::Sender<Vec<u8>>,
 }
 
+/// A packet read from the TUN device: a full-size reusable buffer and the packet's length.
+struct TunPacket {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl TunPacket {
+    fn bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+}
+
 /// Buffers in flight between the TUN reader and the driver.
 const TUN_BUFFERS: usize = 256;
 /// Largest packet read from the TUN device.
 const TUN_READ: usize = 65535;
+/// Further TUN packets taken per wakeup, so one drain pass encrypts and sends them together.
+const TUN_BUDGET: usize = 64;
 
 struct Driver {
     cfg: RuntimeConfig,
@@ -229,7 +247,9 @@ struct Driver {
     paths: PathManager,
     stun: StunClient,
     derp: DerpManager,
-    udp: Arc<UdpSocket>,
+    udp: Arc<BatchSocket>,
+    /// Outgoing datagrams of the current drain pass, sent together at its end.
+    udp_out: SendBatch,
     port: u16,
     tun: Option<Tun>,
     control: Option<(ClientHandle, mpsc::Receiver<ClientEvent>)>,
@@ -247,15 +267,17 @@ enum Input {
     Cmd(Option<Cmd>),
     Control(Option<ClientEvent>),
     Derp(Option<DerpEvent>),
-    Tun(Option<Vec<u8>>),
-    Udp(std::io::Result<(usize, SocketAddr)>),
+    Tun(Option<TunPacket>),
+    /// The number of datagrams read into the receive batch.
+    Udp(std::io::Result<usize>),
     Timer,
 }
 
 impl Driver {
     async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>, mut derp_rx: mpsc::Receiver<DerpEvent>) {
-        let (tun_tx, mut tun_rx) = mpsc::channel::<Vec<u8>>(256);
-        let mut udp_buf = vec![0u8; 65536];
+        let (tun_tx, mut tun_rx) = mpsc::channel::<TunPacket>(256);
+        // Reused for every receive: batched reads do not allocate.
+        let mut udp_in = RecvBatch::new();
         loop {
             let deadline = self.next_deadline();
             let udp = Arc::clone(&self.udp);
@@ -264,7 +286,7 @@ impl Driver {
                 e = async { match &mut self.control { Some((_, rx)) => rx.recv().await, None => std::future::pending().await } } => Input::Control(e),
                 d = derp_rx.recv() => Input::Derp(d),
                 p = tun_rx.recv() => Input::Tun(p),
-                r = udp.recv_from(&mut udp_buf) => Input::Udp(r),
+                r = udp.recv(&mut udp_in) => Input::Udp(r),
                 _ = tokio::time::sleep_until(deadline.into()) => Input::Timer,
             };
             let now = Instant::now();
@@ -295,23 +317,25 @@ impl Driver {
                 }
                 Input::Derp(Some(DerpEvent::State(s))) => tracing::debug!(?s, "DERP state"),
                 Input::Derp(None) => {}
-                Input::Tun(Some(packet)) => {
-                    if let Err(e) = self.engine.handle_tun_packet(&packet, now) {
-                        tracing::trace!(error = ?e, "outbound packet dropped");
-                    }
-                    // Hand the buffer back to the reader so TUN reads do not allocate.
-                    if let Some(tun) = &self.tun {
-                        let _ = tun.spare.try_send(packet);
-                    }
-                }
+                Input::Tun(Some(packet)) => self.tun_packet(packet, now),
                 Input::Tun(None) => {}
-                Input::Udp(Ok((n, from))) => {
-                    self.udp_packet(udp_buf.get(..n).unwrap_or_default(), from, now);
+                Input::Udp(Ok(_)) => {
+                    for (data, from) in udp_in.datagrams() {
+                        self.udp_packet(data, from, now);
+                    }
                 }
                 Input::Udp(Err(e)) => {
                     tracing::debug!(error = %e, "UDP receive failed");
                 }
                 Input::Timer => self.handle_timeout(now),
+            }
+            // Take whatever else the TUN reader has queued, so one drain pass encrypts and
+            // sends a whole burst instead of one packet per wakeup.
+            for _ in 0..TUN_BUDGET {
+                match tun_rx.try_recv() {
+                    Ok(packet) => self.tun_packet(packet, now),
+                    Err(_) => break,
+                }
             }
             self.drain(now).await;
         }
@@ -371,6 +395,17 @@ impl Driver {
         self.advance_pings(now);
     }
 
+    /// An IP packet read from the TUN device: encrypt it for its peer.
+    fn tun_packet(&mut self, packet: TunPacket, now: Instant) {
+        if let Err(e) = self.engine.handle_tun_packet(packet.bytes(), now) {
+            tracing::trace!(error = ?e, "outbound packet dropped");
+        }
+        // Hand the buffer back to the reader so TUN reads do not allocate.
+        if let Some(tun) = &self.tun {
+            let _ = tun.spare.try_send(packet.buf);
+        }
+    }
+
     fn udp_packet(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
         match proto::disco::classify(data) {
             PacketKind::Stun => {
@@ -397,12 +432,13 @@ impl Driver {
         }
     }
 
-    /// Sends everything the state machines queued.
+    /// Sends everything the state machines queued. UDP datagrams are collected into
+    /// `udp_out` and leave in as few syscalls as possible (GSO runs) at the end of the pass.
     async fn drain(&mut self, now: Instant) {
         while let Some(t) = self.engine.poll_transmit() {
             let path = self.paths.send_path(&t.peer, now);
             if let Some(addr) = path.udp {
-                let _ = self.udp.try_send_to(t.payload.as_slice(), addr);
+                self.udp_out.push(&self.udp, addr, t.payload.as_slice());
             }
             if let Some(region) = path.derp {
                 self.derp
@@ -412,15 +448,14 @@ impl Driver {
         }
         while let Some(d) = self.paths.poll_transmit() {
             match d.dest {
-                Dest::Udp(addr) => {
-                    let _ = self.udp.try_send_to(&d.payload, addr);
-                }
+                Dest::Udp(addr) => self.udp_out.push(&self.udp, addr, &d.payload),
                 Dest::Derp { region, node_key } => self.derp.send(region, node_key, d.payload, now),
             }
         }
         while let Some(s) = self.stun.poll_transmit() {
-            let _ = self.udp.try_send_to(&s.payload, s.dest);
+            self.udp_out.push(&self.udp, s.dest, &s.payload);
         }
+        self.udp_out.flush(&self.udp);
         while let Some(w) = self.engine.poll_tun_write() {
             if let Some(tun) = &self.tun
                 && let Err(e) = tun.device.write(&w).await
@@ -514,7 +549,7 @@ impl Driver {
         }
     }
 
-    async fn handle_cmd(&mut self, cmd: Cmd, tun_tx: &mpsc::Sender<Vec<u8>>, now: Instant) {
+    async fn handle_cmd(&mut self, cmd: Cmd, tun_tx: &mpsc::Sender<TunPacket>, now: Instant) {
         let _ = tun_tx;
         match cmd {
             Cmd::Status(tx) => {
@@ -647,7 +682,7 @@ impl Driver {
     async fn handle_control(
         &mut self,
         ev: ClientEvent,
-        tun_tx: &mpsc::Sender<Vec<u8>>,
+        tun_tx: &mpsc::Sender<TunPacket>,
         now: Instant,
     ) {
         match ev {
@@ -706,7 +741,7 @@ impl Driver {
     async fn apply_netmap(
         &mut self,
         nm: Arc<NetMap>,
-        tun_tx: &mpsc::Sender<Vec<u8>>,
+        tun_tx: &mpsc::Sender<TunPacket>,
         now: Instant,
     ) {
         let Some(me) = nm.self_node.clone() else {
@@ -803,7 +838,7 @@ impl Driver {
     async fn setup_tun(
         &mut self,
         addresses: &[IpNet],
-        tun_tx: &mpsc::Sender<Vec<u8>>,
+        tun_tx: &mpsc::Sender<TunPacket>,
     ) -> Result<(), dataplane::tun::TunError> {
         if self.tun.is_none() {
             let device = Arc::new(dataplane::tun::TunDevice::create(
@@ -817,12 +852,11 @@ impl Driver {
             let (spare, mut spares) = mpsc::channel::<Vec<u8>>(TUN_BUFFERS);
             let reader = tokio::spawn(async move {
                 loop {
-                    let mut buf = spares.try_recv().unwrap_or_default();
-                    buf.resize(TUN_READ, 0);
+                    // Recycled buffers keep their full length, so nothing is zeroed per read.
+                    let mut buf = spares.try_recv().unwrap_or_else(|_| vec![0u8; TUN_READ]);
                     match reader_dev.recv(&mut buf).await {
-                        Ok(n) => {
-                            buf.truncate(n);
-                            if tx.send(buf).await.is_err() {
+                        Ok(len) => {
+                            if tx.send(TunPacket { buf, len }).await.is_err() {
                                 return;
                             }
                         }
