@@ -1,5 +1,6 @@
 //! The seam between the daemon shell and the engine: the [`Backend`] trait the local API calls,
-//! and [`PlaceholderBackend`], which stands in until the packet engine driver exists.
+//! and [`PlaceholderBackend`], an engine-less backend (prefs and keys only) for tests of the
+//! shell. The daemon runs [`crate::runtime::EngineBackend`].
 //!
 //! The local API server holds an `Arc<dyn Backend>` and calls one method per request. A backend
 //! is a *handle*: the real one is expected to forward each call as a command to the single task
@@ -22,7 +23,8 @@ pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What the local API asks of the engine. Requests reach a backend already validated
 /// ([`UpRequest::validate`], ping count limits).
 ///
-/// Implementations: [`PlaceholderBackend`] today; the engine driver's backend later.
+/// Implementations: [`crate::runtime::EngineBackend`] (what the daemon runs) and
+/// [`PlaceholderBackend`] (no engine, for tests of the shell).
 pub trait Backend: Send + Sync + 'static {
     /// The current state, this node and its peers. Never fails: problems go into
     /// [`Status::health`].

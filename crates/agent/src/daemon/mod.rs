@@ -7,7 +7,8 @@
 //! connect, and a damaged state file fails the start instead of a later request.
 //!
 //! - [`state`]: `prefs.json` and `keys.json` in the state directory.
-//! - [`backend`]: the [`Backend`] trait (the engine seam) and [`PlaceholderBackend`].
+//! - [`backend`]: the [`Backend`] trait (the engine seam; the daemon runs
+//!   [`crate::runtime::EngineBackend`]) and the engine-less [`PlaceholderBackend`].
 //! - [`socket`]: creating the socket file with the right mode and group.
 //! - [`localapi`]: the HTTP/1.1 server that maps requests to backend calls.
 

@@ -297,7 +297,7 @@ impl Driver {
                     let _ = done.send(());
                     break;
                 }
-                Input::Cmd(Some(c)) => self.handle_cmd(c, &tun_tx, now).await,
+                Input::Cmd(Some(c)) => self.handle_cmd(c, now).await,
                 Input::Control(None) => self.control = None,
                 Input::Control(Some(ev)) => self.handle_control(ev, &tun_tx, now).await,
                 Input::Derp(Some(DerpEvent::Packet(p))) => {
@@ -549,8 +549,7 @@ impl Driver {
         }
     }
 
-    async fn handle_cmd(&mut self, cmd: Cmd, tun_tx: &mpsc::Sender<TunPacket>, now: Instant) {
-        let _ = tun_tx;
+    async fn handle_cmd(&mut self, cmd: Cmd, now: Instant) {
         match cmd {
             Cmd::Status(tx) => {
                 let _ = tx.send(self.status(now));
