@@ -7,6 +7,11 @@
 //! than loopback or 10.213.0.0/24 fails with "network unreachable" before a packet is sent.
 //! Drop deletes the namespace. Namespaces left by a test run that was killed (their owner PID is
 //! gone) are swept, with the processes still inside them, the next time one is created.
+//!
+//! Every namespace also gets its own `/etc/netns/<name>/resolv.conf` (and `hosts`): `ip netns
+//! exec` bind-mounts those over `/etc/resolv.conf` for the programs it starts, so an agent that
+//! manages DNS (MagicDNS) rewrites the namespace's copy and never the machine's own file. The
+//! directory is removed with the namespace.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -53,7 +58,13 @@ impl Netns {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        ip(&["netns", "add", &name])?;
+        // The per-namespace /etc comes first: from the moment the namespace exists, anything
+        // started in it with `ip netns exec` must see its own resolv.conf.
+        write_etc(&name)?;
+        if let Err(e) = ip(&["netns", "add", &name]) {
+            remove_etc(&name);
+            return Err(e);
+        }
         // From here on Drop deletes the namespace, even if a later step fails.
         let ns = Netns { name };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
@@ -130,7 +141,32 @@ impl Drop for Netns {
         if let Err(e) = ip(&["netns", "delete", &self.name]) {
             crate::report(format_args!("netns {}: delete failed: {e:#}", self.name));
         }
+        remove_etc(&self.name);
     }
+}
+
+/// Where `ip netns exec` looks for files to bind-mount over `/etc` in namespace `name`.
+pub fn etc_dir(name: &str) -> PathBuf {
+    PathBuf::from("/etc/netns").join(name)
+}
+
+/// Creates `/etc/netns/<name>/{resolv.conf,hosts}`: a resolv.conf pointing at an address that
+/// answers nothing (tests that need an upstream resolver write their own) and a minimal hosts.
+fn write_etc(name: &str) -> anyhow::Result<()> {
+    let dir = etc_dir(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join("resolv.conf"),
+        "# test namespace resolv.conf (e2e harness)\nnameserver 127.0.0.1\n",
+    )
+    .with_context(|| format!("writing {}/resolv.conf", dir.display()))?;
+    std::fs::write(dir.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n")
+        .with_context(|| format!("writing {}/hosts", dir.display()))?;
+    Ok(())
+}
+
+fn remove_etc(name: &str) {
+    let _ = std::fs::remove_dir_all(etc_dir(name));
 }
 
 /// Path of the `ip` binary; `/usr/sbin` is not on every PATH.
@@ -197,6 +233,7 @@ fn sweep_stale() {
         }
         kill_pids(&pids_in(name));
         let _ = ip(&["netns", "delete", name]);
+        remove_etc(name);
         crate::report(format_args!("swept stale namespace {name}"));
     }
 }
