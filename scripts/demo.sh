@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A complete local tailnet in network namespaces: the `control` server (with its DERP relay and
 # STUN) in a "hub" namespace with a bridge, and three hosts, each running `agent daemon`, that
-# join with an auth key and reach each other over WireGuard: `agent ping <name>` by MagicDNS
-# name, plain `ping` by tailnet IP, and `agent status` showing direct paths.
+# join with an auth key and reach each other over WireGuard: plain `ping db` and `curl` by
+# MagicDNS name (the agent's resolver at 100.100.100.100, wired into each namespace's own
+# resolv.conf), `agent ping` by FQDN, and `agent status` showing direct paths.
 #
 # Usage: sudo scripts/demo.sh        # runs until Ctrl-C (or exits after the checks without a tty)
 # Nothing leaves the machine: the namespaces have no route to anything but their own bridge.
@@ -31,11 +32,18 @@ cleanup() {
     for n in hub "${hosts[@]}"; do
         for pid in $(ip netns pids "$p-$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
         ip netns del "$p-$n" 2>/dev/null || true
+        rm -rf "/etc/netns/$p-$n"
     done
     echo "stopped; logs are in $run"
 }
 trap cleanup EXIT
 
+# `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf: each host's
+# agent manages its own namespace's copy, never the machine's.
+for n in hub "${hosts[@]}"; do
+    mkdir -p "/etc/netns/$p-$n"
+    echo "nameserver 127.0.0.1" >"/etc/netns/$p-$n/resolv.conf"
+done
 ip netns add "$p-hub"
 ip -n "$p-hub" link set lo up
 ip -n "$p-hub" link add br0 type bridge
@@ -77,9 +85,16 @@ done
 sleep 2
 echo "==> laptop: agent ping web.tail.test (by MagicDNS name)"
 ip netns exec "$p-laptop" "$bin/agent" ping --socket "$run/laptop.sock" web.tail.test
-echo "==> laptop: ping db's tailnet IP"
-dbip=$(ip netns exec "$p-db" "$bin/agent" ip -4 --socket "$run/db.sock")
-ip netns exec "$p-laptop" ping -c 3 -W 2 "$dbip"
+echo "==> laptop: ping db (MagicDNS short name, through the OS resolver)"
+ip netns exec "$p-laptop" cat /etc/resolv.conf
+ip netns exec "$p-laptop" ping -c 3 -W 2 db
+echo "==> laptop: HTTP to web.tail.test:8000 by name"
+ip netns exec "$p-web" python3 -m http.server 8000 --bind :: >"$run/web-http.log" 2>&1 &
+sleep 1
+ip netns exec "$p-laptop" curl -sS -o /dev/null -w "HTTP %{http_code} from %{remote_ip}\n" \
+    --max-time 10 http://web.tail.test:8000/
+echo "==> laptop: agent dns query db"
+ip netns exec "$p-laptop" "$bin/agent" dns query --socket "$run/laptop.sock" db
 echo "==> laptop: agent status"
 ip netns exec "$p-laptop" "$bin/agent" status --socket "$run/laptop.sock"
 echo "==> control nodes list"

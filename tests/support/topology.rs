@@ -57,7 +57,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const NFT_TABLE_PREFIX: &str = "e2e_udp_block_";
 
 /// PATH for everything started here: `ip` (used by the agent for its TUN device) is in sbin.
-const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A TCP server for [`Lan::start_tcp_echo`]: answers each connection with
 /// `<tag> saw <peer ip>: <first line received>` so the client learns which source address arrived.
@@ -324,6 +324,42 @@ impl<'a> Lan<'a> {
         };
         report(format_args!(
             "{}: host {name} = {lan_ip} in namespace {}",
+            self.env.name(),
+            host.ns.name()
+        ));
+        self.hosts.push(host.clone());
+        Ok(host)
+    }
+
+    /// Adds a namespace that is NOT joined to the bridge: only `lo` is up, and the test wires it
+    /// to other hosts itself (see `lab5.rs`). `addr` is what [`Host::lan_ip`] reports (the test
+    /// assigns it to a link); the host is stopped and deleted with the LAN like the others.
+    pub fn add_isolated_host(&mut self, name: &str, addr: Ipv4Addr) -> anyhow::Result<Host> {
+        ensure!(
+            !name.is_empty()
+                && name.len() <= 12
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            "host name {name:?} must be 1-12 characters of [A-Za-z0-9-]"
+        );
+        ensure!(
+            self.hosts.iter().all(|h| h.name != name),
+            "host {name} exists already"
+        );
+        let ns = Arc::new(Netns::new_bare()?);
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let host = Host {
+            name: name.to_owned(),
+            lan_ip: addr,
+            ns,
+            agent_bin: self.env.agent().ok().map(Path::to_path_buf),
+            socket: self.sockets.path().join(format!("{name}.sock")),
+            state_dir: dir.join("state"),
+            dir,
+            login_server: self.control_url.clone(),
+        };
+        report(format_args!(
+            "{}: isolated host {name} ({addr}) in namespace {}",
             self.env.name(),
             host.ns.name()
         ));
@@ -1065,7 +1101,7 @@ pub fn node_ipv4(node: &Value) -> Option<Ipv4Addr> {
 }
 
 /// The Python interpreter used for the TCP helpers.
-fn python3() -> anyhow::Result<PathBuf> {
+pub(crate) fn python3() -> anyhow::Result<PathBuf> {
     ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
         .iter()
         .map(PathBuf::from)
@@ -1118,7 +1154,7 @@ fn curl_in(ns: &Netns, url: &str, timeout: Duration) -> anyhow::Result<HttpReply
 }
 
 /// Runs `spec` in `ns` to completion, killing it after `timeout`; returns its output.
-fn run_in(ns: &Netns, spec: &Spawn, timeout: Duration) -> anyhow::Result<Output> {
+pub(crate) fn run_in(ns: &Netns, spec: &Spawn, timeout: Duration) -> anyhow::Result<Output> {
     let mut child = spec
         .command(ns)?
         .stdin(Stdio::null())

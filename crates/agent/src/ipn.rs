@@ -13,6 +13,9 @@
 //! | GET | `ping?target=NAME_OR_IP&count=N` | | `Vec<`[`PingReply`]`>` |
 //! | GET | `whois?addr=IP[:PORT]` | | [`WhoIs`] |
 //! | GET | `version` | | [`VersionInfo`] |
+//! | GET | `netcheck` | | [`NetcheckReport`] |
+//! | GET | `dns/status` | | [`DnsStatus`] |
+//! | GET | `dns/query?name=NAME&type=TYPE` | | [`DnsQueryReply`] |
 //!
 //! Every failure is an HTTP error status with an [`ApiError`] body, `{"error": "..."}`, whose
 //! text is written for the person at the terminal; the CLI prints it verbatim.
@@ -82,6 +85,9 @@ pub struct Status {
     pub auth_url: Option<String>,
     /// The daemon's version.
     pub version: String,
+    /// The exit node in use (`agent up --exit-node`), if any.
+    #[serde(default)]
+    pub exit_node_status: Option<ExitNodeStatus>,
 }
 
 /// One node of the tailnet (this one or a peer).
@@ -115,6 +121,22 @@ pub struct PeerStatus {
     pub exit_node: bool,
     /// Whether this node offers itself as an exit node.
     pub exit_node_option: bool,
+    /// Subnet routes this node currently serves for the tailnet (it is their primary router).
+    #[serde(default)]
+    pub primary_routes: Vec<ipnet::IpNet>,
+}
+
+/// The exit node this node sends its internet traffic through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitNodeStatus {
+    /// Its stable node ID (empty if it is not in the network map).
+    pub id: String,
+    /// Its MagicDNS name (or the IP it was chosen by, while it is not in the map).
+    pub name: String,
+    /// Its tailnet addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Whether control reports it as connected.
+    pub online: bool,
 }
 
 /// How packets reach a peer.
@@ -177,6 +199,24 @@ pub struct UpRequest {
     pub advertise_tags: Vec<String>,
     /// The node is removed from the tailnet soon after it goes offline.
     pub ephemeral: bool,
+    /// Subnets to offer (`--advertise-routes`), as CIDR text; `None` keeps the saved ones, an
+    /// empty list stops offering any. Checked by [`parse_advertise_routes`].
+    pub advertise_routes: Option<Vec<String>>,
+    /// Offer this node as an exit node (`--advertise-exit-node`); `None` keeps the saved value.
+    pub advertise_exit_node: Option<bool>,
+    /// Masquerade forwarded traffic behind this node's LAN address (`--snat-subnet-routes`,
+    /// default on); `None` keeps the saved value.
+    pub snat_subnet_routes: Option<bool>,
+    /// Use the subnet routes other nodes offer (`--accept-routes`); `None` keeps the saved value.
+    pub accept_routes: Option<bool>,
+    /// The exit node to use, by name or tailnet IP (`--exit-node`); `Some("")` stops using one,
+    /// `None` keeps the saved choice.
+    pub exit_node: Option<String>,
+    /// Keep the local LAN reachable while using an exit node; `None` keeps the saved value.
+    pub exit_node_allow_lan_access: Option<bool>,
+    /// Point the OS's DNS at MagicDNS (`--accept-dns`, default on); `None` keeps the saved
+    /// value.
+    pub accept_dns: Option<bool>,
 }
 
 impl UpRequest {
@@ -199,8 +239,79 @@ impl UpRequest {
         {
             return Err("the auth key is empty".to_owned());
         }
+        if let Some(routes) = &self.advertise_routes {
+            parse_advertise_routes(routes)?;
+        }
+        let exit_node = self
+            .exit_node
+            .as_deref()
+            .is_some_and(|s| !s.trim().is_empty());
+        if exit_node && self.advertise_exit_node == Some(true) {
+            return Err(
+                "cannot advertise an exit node and use an exit node at the same time".to_owned(),
+            );
+        }
         Ok(())
     }
+}
+
+/// The tailnet's own ranges: never a subnet route.
+const TAILNET_RANGES: [&str; 2] = ["100.64.0.0/10", "fd7a:115c:a1e0::/48"];
+
+/// Parses `--advertise-routes` entries (commas already split; empty entries ignored) the way
+/// Tailscale does: each must be a CIDR prefix without host bits (`192.168.1.1/24` is refused
+/// with the prefix it probably meant); default routes are refused in favour of
+/// `--advertise-exit-node`; prefixes inside the tailnet's own ranges are refused. The result is
+/// sorted and free of duplicates.
+pub fn parse_advertise_routes(entries: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    let tailnet: Vec<ipnet::IpNet> = TAILNET_RANGES
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let mut out: Vec<ipnet::IpNet> = Vec::new();
+    for raw in entries.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let prefix: ipnet::IpNet = match raw.parse() {
+            Ok(p) => p,
+            Err(_) if raw.parse::<IpAddr>().is_ok() => {
+                let bits = if raw.contains(':') { 128 } else { 32 };
+                return Err(format!(
+                    "route {raw:?} needs a prefix length: use {raw}/{bits} for a single host"
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "route {raw:?} is not a CIDR prefix (expected e.g. 192.168.1.0/24)"
+                ));
+            }
+        };
+        if prefix.trunc() != prefix {
+            return Err(format!(
+                "route {raw} has non-address bits set; expected {}",
+                prefix.trunc()
+            ));
+        }
+        if prefix.prefix_len() == 0 {
+            return Err(format!(
+                "route {raw} is a default route: use --advertise-exit-node to offer this node \
+                 as an exit node"
+            ));
+        }
+        if tailnet.iter().any(|t| t.contains(&prefix)) {
+            return Err(format!(
+                "route {raw} is inside the tailnet's own address range {}",
+                tailnet
+                    .iter()
+                    .find(|t| t.contains(&prefix))
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            ));
+        }
+        if !out.contains(&prefix) {
+            out.push(prefix);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn validate_login_server(url: &str) -> Result<(), String> {
@@ -323,6 +434,122 @@ pub struct ApiError {
     pub error: String,
 }
 
+/// `GET /localapi/v0/netcheck`: what a fresh probe of this node's network found (`agent
+/// netcheck`). STUN runs from the daemon's own WireGuard socket, so the addresses shown are the
+/// ones peers use.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetcheckReport {
+    /// When the probe finished.
+    pub time: Option<DateTime<Utc>>,
+    /// A STUN reply arrived: UDP works towards the relays' STUN servers.
+    pub udp: bool,
+    /// A STUN reply arrived over IPv4 (or, with UDP blocked, an HTTPS probe got through).
+    pub ipv4: bool,
+    /// A STUN reply arrived over IPv6.
+    pub ipv6: bool,
+    /// Our public IPv4 `ip:port` as the first STUN server saw it.
+    pub global_v4: Option<SocketAddr>,
+    /// Our public IPv6 `[ip]:port`.
+    pub global_v6: Option<SocketAddr>,
+    /// This host can use IPv6 at all (dual-stack socket and a usable IPv6 address).
+    pub os_has_ipv6: bool,
+    /// `true`: two STUN servers saw different ports ("hard", endpoint-dependent NAT); `false`:
+    /// the same; `null`: fewer than two IPv4 answers.
+    pub mapping_varies_by_dest_ip: Option<bool>,
+    /// What the gateway offers for port mapping.
+    pub port_mapping: PortMappingReport,
+    /// The home (nearest) DERP region's ID.
+    pub preferred_derp: Option<u16>,
+    /// Every region measured, fastest first; unreachable ones last.
+    pub regions: Vec<RegionLatency>,
+    /// Latencies were measured over HTTPS because no STUN reply arrived.
+    pub https_fallback: bool,
+}
+
+/// Port mapping at the default gateway, as `agent netcheck` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PortMappingReport {
+    /// The gateway answered UPnP IGD.
+    pub upnp: bool,
+    /// The gateway answered NAT-PMP.
+    pub pmp: bool,
+    /// The gateway answered PCP.
+    pub pcp: bool,
+    /// The public `ip:port` the agent holds a mapping for (an `EndpointPortmapped` candidate).
+    pub mapping: Option<SocketAddr>,
+    /// Why there is no mapping, when a mapping was tried and failed.
+    pub error: Option<String>,
+}
+
+/// One DERP region's latency.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegionLatency {
+    /// The region ID.
+    pub id: u16,
+    /// The short code (`fra`).
+    pub code: String,
+    /// The display name (`Frankfurt`).
+    pub name: String,
+    /// Best round trip over either family, in milliseconds; `null` when it did not answer.
+    pub latency_ms: Option<f64>,
+    /// Best IPv4 round trip in milliseconds.
+    pub latency_v4_ms: Option<f64>,
+    /// Best IPv6 round trip in milliseconds.
+    pub latency_v6_ms: Option<f64>,
+    /// How it was measured: `stun`, `https` (UDP blocked), or empty when it did not answer.
+    pub method: String,
+}
+
+/// `GET /localapi/v0/dns/status`: MagicDNS as the daemon runs it (`agent dns status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// MagicDNS is on in the tailnet's DNS config.
+    pub magic_dns: bool,
+    /// The MagicDNS suffix (`example.ts.net`).
+    pub base_domain: Option<String>,
+    /// The `--accept-dns` preference.
+    pub accept_dns: bool,
+    /// How the OS's DNS is managed now: `resolved`, `direct` or `off`.
+    pub os_mode: dns::os::OsMode,
+    /// The managed resolv.conf in `direct` mode.
+    pub resolv_conf: Option<String>,
+    /// Where the resolver answers (`100.100.100.100:53`, `[fd7a:115c:a1e0::53]:53`).
+    pub listening: Vec<SocketAddr>,
+    /// Search domains given to the OS.
+    pub search_domains: Vec<String>,
+    /// Global upstream resolvers from the tailnet's DNS config.
+    pub resolvers: Vec<SocketAddr>,
+    /// Used only when there are no global resolvers and no OS upstreams.
+    pub fallback_resolvers: Vec<SocketAddr>,
+    /// The OS's original upstreams, used when there are no global resolvers.
+    pub os_upstreams: Vec<SocketAddr>,
+    /// Split DNS: suffix → resolvers; an empty list is answered by MagicDNS itself.
+    pub split_routes: std::collections::BTreeMap<String, Vec<SocketAddr>>,
+    /// Resolvers skipped because their protocol (DNS-over-HTTPS/TLS) is not supported yet.
+    pub unsupported_resolvers: Vec<String>,
+    /// The names MagicDNS answers, sorted by name.
+    pub names: Vec<DnsName>,
+    /// Problems with MagicDNS, one sentence each.
+    pub health: Vec<String>,
+}
+
+/// One name MagicDNS answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsName {
+    /// The FQDN without the trailing dot.
+    pub name: String,
+    /// The short name that also resolves (the first label), if any.
+    pub short: Option<String>,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// `GET /localapi/v0/dns/query?name=NAME&type=TYPE`: the answer section and which path
+/// answered (`agent dns query`).
+pub type DnsQueryReply = dns::QueryAnswer;
+
 /// Parses a whois `addr`: an IP, or an `IP:PORT` / `[IPv6]:PORT` socket address (whose port
 /// is ignored, so a log line's peer address can be pasted as is).
 pub fn parse_whois_addr(s: &str) -> Result<IpAddr, String> {
@@ -357,6 +584,7 @@ mod tests {
                 tags: vec![],
                 exit_node: false,
                 exit_node_option: false,
+                primary_routes: vec![],
             },
             peers: vec![],
             tailnet: None,
@@ -364,6 +592,7 @@ mod tests {
             health: vec![],
             auth_url: None,
             version: "0.1.0".into(),
+            exit_node_status: None,
         };
         let v = serde_json::to_value(&status).unwrap();
         assert_eq!(v["backend_state"], "NeedsLogin");
@@ -438,6 +667,52 @@ mod tests {
             ..ok
         };
         assert!(empty_key.validate().unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn advertised_routes_are_checked_like_tailscale() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_advertise_routes(&list(&["10.0.0.0/16", "192.168.1.0/24", "", "10.0.0.0/16"]))
+                .unwrap(),
+            vec![
+                "10.0.0.0/16".parse().unwrap(),
+                "192.168.1.0/24".parse().unwrap()
+            ]
+        );
+        assert!(parse_advertise_routes(&list(&[""])).unwrap().is_empty());
+        let err = parse_advertise_routes(&list(&["192.168.1.1/24"])).unwrap_err();
+        assert!(
+            err.contains("non-address bits") && err.contains("192.168.1.0/24"),
+            "{err}"
+        );
+        let err = parse_advertise_routes(&list(&["192.168.1.300/24"])).unwrap_err();
+        assert!(err.contains("not a CIDR prefix"), "{err}");
+        let err = parse_advertise_routes(&list(&["10.1.2.3"])).unwrap_err();
+        assert!(err.contains("10.1.2.3/32"), "{err}");
+        let err = parse_advertise_routes(&list(&["0.0.0.0/0"])).unwrap_err();
+        assert!(err.contains("--advertise-exit-node"), "{err}");
+        let err = parse_advertise_routes(&list(&["100.100.0.0/16"])).unwrap_err();
+        assert!(err.contains("100.64.0.0/10"), "{err}");
+        assert!(parse_advertise_routes(&list(&["2001:db8::/48"])).is_ok());
+
+        let req = UpRequest {
+            advertise_routes: Some(list(&["10.0.0.1/8"])),
+            ..Default::default()
+        };
+        assert!(req.validate().unwrap_err().contains("10.0.0.0/8"));
+        let both = UpRequest {
+            advertise_exit_node: Some(true),
+            exit_node: Some("exit1".into()),
+            ..Default::default()
+        };
+        assert!(both.validate().unwrap_err().contains("at the same time"));
+        let clear = UpRequest {
+            advertise_exit_node: Some(true),
+            exit_node: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(clear.validate(), Ok(()));
     }
 
     #[test]

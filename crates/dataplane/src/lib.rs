@@ -17,17 +17,26 @@
 //! * [`routing`]: longest-prefix match over the peers' AllowedIPs.
 //! * [`engine`]: the state machine gluing boringtun sessions, routing and the filter together.
 //! * [`buf`]: reusable packet buffers.
+//! * [`wgcfg`]: peers' AllowedIPs from the netmap (accepted subnet routes, the selected exit
+//!   node) and the destinations this node serves as a subnet router or exit node; [`prefixes`]
+//!   does the prefix arithmetic.
+//! * `osroute` (feature `tun`): the OS side of routing over rtnetlink (a routing table, throw
+//!   routes, fwmark policy rules) for the agent's subnet-router and exit-node support.
 //! * `tun` (feature `tun`): the async TUN device and `ip`-command helpers for the agent daemon;
 //!   the only module here that does I/O.
 
 pub mod buf;
 pub mod engine;
 pub mod filter;
+#[cfg(feature = "tun")]
+pub mod osroute;
 pub mod packet;
+pub mod prefixes;
 pub mod routing;
 mod stats;
 #[cfg(feature = "tun")]
 pub mod tun;
+pub mod wgcfg;
 
 pub use buf::PacketBuf;
 pub use engine::{Engine, EngineConfig, EngineError, PeerConfig, Transmit, TunWrite};

@@ -18,6 +18,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressScope, CacheInfo};
 use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -211,6 +212,18 @@ pub async fn add_address(name: &str, address: IpNet) -> Result<(), TunError> {
     nl.add_address(index, address).await
 }
 
+/// Adds a service address (MagicDNS's 100.100.100.100 and fd7a:115c:a1e0::53) that local
+/// programs connect to but that must never become the source address of the host's own
+/// traffic: IPv4 gets host scope (`ip addr add A/32 dev NAME scope host`, skipped by source
+/// selection for link and global routes), IPv6 is deprecated at once (`preferred_lft 0`, which
+/// source selection avoids) and skips duplicate address detection (`nodad`). Without this the
+/// kernel may pick the service address as the source towards peers or through an exit node.
+pub async fn add_service_address(name: &str, address: IpNet) -> Result<(), TunError> {
+    let nl = Netlink::open(name)?;
+    let index = nl.link_index().await?;
+    nl.add_service_address(index, address).await
+}
+
 /// Points `prefix` at the link in the main table or `table`, replacing a route to the same
 /// prefix there (`ip route replace PREFIX dev NAME [table TABLE]`). Host bits are ignored.
 pub async fn add_route(name: &str, prefix: IpNet, table: Option<u32>) -> Result<(), TunError> {
@@ -316,6 +329,29 @@ impl Netlink {
         ok_if(result, &[EEXIST]).map_err(|e| self.err(format!("add address {address}"), e))
     }
 
+    async fn add_service_address(&self, index: u32, address: IpNet) -> Result<(), TunError> {
+        tracing::debug!(name = %self.name, %address, "netlink: add service address");
+        let mut req = self
+            .handle
+            .address()
+            .add(index, address.addr(), address.prefix_len())
+            .replace();
+        let msg = req.message_mut();
+        match address {
+            IpNet::V4(_) => msg.header.scope = AddressScope::Host,
+            IpNet::V6(_) => {
+                let mut lifetimes = CacheInfo::default();
+                lifetimes.ifa_preferred = 0;
+                lifetimes.ifa_valid = u32::MAX;
+                msg.attributes.push(AddressAttribute::CacheInfo(lifetimes));
+                msg.attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+        }
+        let result = req.execute().await;
+        ok_if(result, &[EEXIST]).map_err(|e| self.err(format!("add address {address}"), e))
+    }
+
     async fn add_route(
         &self,
         index: u32,
@@ -380,14 +416,14 @@ fn route_op(verb: &str, prefix: IpNet, table: Option<u32>) -> String {
 }
 
 /// `RT_TABLE_MAIN`.
-const MAIN_TABLE: u32 = 254;
-const ENOENT: i32 = 2;
-const ESRCH: i32 = 3;
-const EEXIST: i32 = 17;
-const ENODEV: i32 = 19;
+pub(crate) const MAIN_TABLE: u32 = 254;
+pub(crate) const ENOENT: i32 = 2;
+pub(crate) const ESRCH: i32 = 3;
+pub(crate) const EEXIST: i32 = 17;
+pub(crate) const ENODEV: i32 = 19;
 
 /// The errno a netlink NACK carries (positive), if that is what `e` is.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.code.map(|c| c.get().abs()),
         _ => None,
@@ -395,7 +431,10 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 /// Treats the listed errnos (and a bare ACK that rtnetlink reports as an error) as success.
-fn ok_if(result: Result<(), rtnetlink::Error>, benign: &[i32]) -> Result<(), rtnetlink::Error> {
+pub(crate) fn ok_if(
+    result: Result<(), rtnetlink::Error>,
+    benign: &[i32],
+) -> Result<(), rtnetlink::Error> {
     match result {
         Err(rtnetlink::Error::NetlinkError(m)) if m.code.is_none() => Ok(()),
         Err(e) if errno(&e).is_some_and(|n| benign.contains(&n)) => Ok(()),
@@ -405,14 +444,14 @@ fn ok_if(result: Result<(), rtnetlink::Error>, benign: &[i32]) -> Result<(), rtn
 
 /// Kernel NACKs become the plain OS error ("File exists (os error 17)"); anything else (a
 /// malformed or unexpected reply, a closed connection) keeps rtnetlink's description.
-fn to_io(e: rtnetlink::Error) -> io::Error {
+pub(crate) fn to_io(e: rtnetlink::Error) -> io::Error {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.to_io(),
         other => io::Error::other(other.to_string()),
     }
 }
 
-fn validate_name(name: &str) -> Result<(), TunError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), TunError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME
         && !name.starts_with('-')

@@ -9,12 +9,17 @@
 //! - [`stun_client`]: sans-IO STUN probing: endpoint discovery, per-region latency, hard-NAT
 //!   detection and the preferred (home) DERP region.
 //! - [`magicsock`]: sans-IO path selection per peer: disco ping/pong/call-me-maybe, the best
-//!   direct address with trust and heartbeats, fallback to DERP and upgrade back.
+//!   direct address with trust and heartbeats, fallback to DERP and upgrade back, port guessing
+//!   towards hard NATs.
+//! - [`netcheck`]: the `agent netcheck` report and `Hostinfo.NetInfo`; `netcheck::probe`
+//!   (feature `derp-client`) measures HTTPS latency to DERP regions when UDP is blocked.
 //!
 //! With `--no-default-features` nothing here depends on tokio: the shells are opt-in.
 
 pub mod derp;
 pub mod magicsock;
+pub mod netcheck;
+pub mod portmap;
 pub mod stun_client;
 #[cfg(feature = "derp-server")]
 pub mod stun_server;

@@ -245,6 +245,8 @@ struct Round {
     /// Order of IPv4 answers, to take `global_v4` from the first.
     first_v4: Option<SocketAddr>,
     v4_mappings: BTreeSet<SocketAddr>,
+    /// IPv4 server addresses that answered: a verdict on the mapping needs two of them.
+    v4_servers: BTreeSet<IpAddr>,
 }
 
 /// The STUN prober and home-region chooser. See the module documentation for the driving loop.
@@ -361,6 +363,7 @@ impl StunClient {
             report: Report::default(),
             first_v4: None,
             v4_mappings: BTreeSet::new(),
+            v4_servers: BTreeSet::new(),
         });
         self.handle_timeout(now);
     }
@@ -399,7 +402,13 @@ impl StunClient {
                     r.global_v4 = Some(mapped);
                 }
                 round.v4_mappings.insert(mapped);
-                r.mapping_varies_by_dest_ip = Some(round.v4_mappings.len() > 1);
+                round.v4_servers.insert(unmap(probe.server).ip());
+                // One server (or one server IP) cannot tell an endpoint-dependent NAT apart.
+                if round.v4_mappings.len() > 1 {
+                    r.mapping_varies_by_dest_ip = Some(true);
+                } else if round.v4_servers.len() > 1 {
+                    r.mapping_varies_by_dest_ip = Some(false);
+                }
             }
             Family::V6 => {
                 r.ipv6 = true;

@@ -43,6 +43,8 @@ pub async fn run(socket: &Path, command: Command) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ip(args) => ip(&client, args).await,
+        Command::ExitNode(cmd) => super::exitnode::run(&client, cmd).await,
+        Command::Dns(cmd) => super::dns::run(&client, cmd).await,
         Command::Ping(args) => ping(&client, args).await,
         Command::Whois { addr, json } => {
             let query = form_urlencoded::Serializer::new(String::new())
@@ -56,6 +58,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Netcheck(args) => super::netcheck::run(&client, args).await,
         Command::Version { daemon } => {
             let me = VersionInfo::current();
             print(&format!("agent {} ({}/{})\n", me.version, me.os, me.arch));
@@ -76,6 +79,13 @@ async fn up(client: &LocalClient, args: UpArgs) -> Result<ExitCode, String> {
         hostname: args.hostname,
         advertise_tags: args.advertise_tags,
         ephemeral: args.ephemeral,
+        accept_dns: args.accept_dns,
+        advertise_routes: args.advertise_routes,
+        advertise_exit_node: args.advertise_exit_node,
+        snat_subnet_routes: args.snat_subnet_routes,
+        accept_routes: args.accept_routes,
+        exit_node: args.exit_node,
+        exit_node_allow_lan_access: args.exit_node_allow_lan_access,
     };
     // The daemon checks too; checking here first avoids a round trip for a typo.
     req.validate()?;
@@ -199,7 +209,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
 
 /// Writes to stdout, ignoring a closed pipe (`agent status | head -1`) instead of panicking as
 /// `print!` would.
-fn print(text: &str) {
+pub(super) fn print(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

@@ -186,6 +186,7 @@ mod tests {
             tags: vec![],
             exit_node: false,
             exit_node_option: false,
+            primary_routes: vec![],
         }
     }
 
@@ -211,6 +212,7 @@ mod tests {
             health: vec![],
             auth_url: None,
             version: "0.1.0".into(),
+            exit_node_status: None,
         }
     }
 

@@ -11,7 +11,10 @@
 
 pub mod client;
 pub mod commands;
+pub mod dns;
+pub mod exitnode;
 pub mod format;
+pub mod netcheck;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +62,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List and inspect exit nodes.
+    #[command(subcommand)]
+    ExitNode(exitnode::ExitNodeCommand),
+    /// MagicDNS: show its settings or ask the daemon's resolver.
+    #[command(subcommand)]
+    Dns(dns::DnsCommand),
+    /// Report on this node's network: UDP, public addresses, NAT kind, port mapping, DERP
+    /// latencies.
+    Netcheck(netcheck::NetcheckArgs),
     /// Print the version of this CLI (and, with --daemon, of the running daemon).
     Version {
         /// Also ask the daemon for its version.
@@ -106,6 +118,31 @@ pub struct UpArgs {
     /// Remove this node from the tailnet soon after it goes offline.
     #[arg(long)]
     pub ephemeral: bool,
+    /// Point this host's DNS at MagicDNS (100.100.100.100); `--accept-dns=false` leaves the
+    /// OS's DNS settings alone. Default: on (or what the last `up` set).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub accept_dns: Option<bool>,
+    /// Offer these subnets to the tailnet, comma-separated (192.168.1.0/24,10.0.0.0/16);
+    /// `--advertise-routes=` stops offering any. Default: what the last `up` set.
+    #[arg(long, value_delimiter = ',', num_args = 0..=1, require_equals = true)]
+    pub advertise_routes: Option<Vec<String>>,
+    /// Offer this node as an exit node (0.0.0.0/0 and ::/0) once control approves it.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub advertise_exit_node: Option<bool>,
+    /// Masquerade traffic forwarded to advertised subnets (and as an exit node) behind this
+    /// node's own address; `--snat-subnet-routes=false` keeps tailnet source addresses.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub snat_subnet_routes: Option<bool>,
+    /// Use the subnet routes other nodes offer.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub accept_routes: Option<bool>,
+    /// Send all internet traffic through this exit node (name or tailnet IP);
+    /// `--exit-node=` stops using one. See `agent exit-node list`.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub exit_node: Option<String>,
+    /// Keep the directly connected LANs reachable while an exit node is in use.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub exit_node_allow_lan_access: Option<bool>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -46,6 +46,10 @@ pub struct DialOptions {
     pub timeout: Duration,
     /// TLS settings for `https://` URLs; `None` = rustls with Mozilla's root certificates.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `SO_MARK` for the TCP sockets, so that policy routing keeps control traffic out of the
+    /// agent's own tunnel (an exit node's default route). Setting it needs `CAP_NET_ADMIN`; a
+    /// refusal is logged and the connection goes ahead unmarked.
+    pub socket_mark: Option<u32>,
 }
 
 impl Default for DialOptions {
@@ -53,6 +57,7 @@ impl Default for DialOptions {
         DialOptions {
             timeout: Duration::from_secs(15),
             tls: None,
+            socket_mark: None,
         }
     }
 }
@@ -62,6 +67,7 @@ impl std::fmt::Debug for DialOptions {
         f.debug_struct("DialOptions")
             .field("timeout", &self.timeout)
             .field("tls", &self.tls.as_ref().map(|_| "custom"))
+            .field("socket_mark", &self.socket_mark)
             .finish()
     }
 }
@@ -192,7 +198,7 @@ async fn connect(url: &ServerUrl, opts: &DialOptions) -> Result<Io, ControlError
         url: url.text.clone(),
         reason,
     };
-    let tcp = TcpStream::connect((url.host.as_str(), url.port))
+    let tcp = connect_tcp(&url.host, url.port, opts.socket_mark)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     // Small request/response exchanges: do not wait to coalesce writes.
@@ -219,6 +225,29 @@ async fn connect(url: &ServerUrl, opts: &DialOptions) -> Result<Io, ControlError
         .await
         .map_err(|e| tls_err(e.to_string()))?;
     Ok(Io::Tls(Box::new(tls)))
+}
+
+/// Resolves `host` and connects to the first address that answers, marking each socket with
+/// `mark` first.
+async fn connect_tcp(host: &str, port: u16, mark: Option<u32>) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name has no addresses");
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(mark) = mark
+            && let Err(e) = socket2::SockRef::from(&sock).set_mark(mark)
+        {
+            tracing::debug!(error = %e, mark, "cannot mark the control socket");
+        }
+        match sock.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Starts an HTTP/1.1 client connection on a fresh socket; the connection task ends with it.

@@ -52,6 +52,30 @@ pub trait Backend: Send + Sync + 'static {
     /// Called once when the daemon stops: undo OS changes (routes, addresses, DNS) and close
     /// the TUN device.
     fn shutdown(&self) -> BackendFuture<'_, ()>;
+
+    /// MagicDNS state (`agent dns status`). Backends without a resolver say so.
+    fn dns_status(&self) -> BackendFuture<'_, Result<crate::ipn::DnsStatus, BackendError>> {
+        Box::pin(async { Err(BackendError::NotAvailable(DNS_MISSING.to_owned())) })
+    }
+
+    /// Probes this node's network now (`agent netcheck`): STUN from the WireGuard socket, port
+    /// mapping at the gateway, DERP latencies. Needs a connected node (for the DERP map).
+    fn netcheck(&self) -> BackendFuture<'_, Result<crate::ipn::NetcheckReport, BackendError>> {
+        Box::pin(async {
+            Err(BackendError::NotAvailable(
+                "netcheck needs the packet engine, which this daemon does not run".to_owned(),
+            ))
+        })
+    }
+
+    /// Asks the daemon's MagicDNS resolver `name`/`qtype` (`agent dns query`).
+    fn dns_query(
+        &self,
+        _name: String,
+        _qtype: String,
+    ) -> BackendFuture<'_, Result<crate::ipn::DnsQueryReply, BackendError>> {
+        Box::pin(async { Err(BackendError::NotAvailable(DNS_MISSING.to_owned())) })
+    }
 }
 
 /// Why a backend call failed. Messages are shown to the user verbatim by the CLI.
@@ -98,6 +122,10 @@ impl BackendError {
 /// The message `up` returns until the engine driver is wired in.
 pub const ENGINE_MISSING: &str = "packet engine not available yet: this agent build can save \
      preferences but cannot connect to a tailnet";
+
+/// The message `dns status` / `dns query` return from a backend without a resolver.
+pub const DNS_MISSING: &str = "MagicDNS is not available: this daemon runs without the packet \
+     engine, so it has no resolver";
 
 /// A backend without an engine: it keeps preferences and keys and reports `NeedsLogin` or
 /// `Stopped`, so the socket, CLI and service setup can be used and tested on their own.
@@ -160,6 +188,7 @@ impl Backend for PlaceholderBackend {
             health: vec![ENGINE_MISSING.to_owned()],
             auth_url: None,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            exit_node_status: None,
         };
         Box::pin(async move { status })
     }
@@ -174,6 +203,9 @@ impl Backend for PlaceholderBackend {
             }
             prefs.advertise_tags = req.advertise_tags.clone();
             prefs.ephemeral = req.ephemeral;
+            if let Some(accept) = req.accept_dns {
+                prefs.no_accept_dns = !accept;
+            }
             prefs.want_running = true;
         });
         Box::pin(async move {
@@ -209,6 +241,12 @@ impl Backend for PlaceholderBackend {
         Box::pin(async move { Err(BackendError::NotRunning { state }) })
     }
 
+    fn netcheck(&self) -> BackendFuture<'_, Result<crate::ipn::NetcheckReport, BackendError>> {
+        // Without an engine there is no WireGuard socket and no DERP map to probe with.
+        let state = Self::backend_state(&self.lock().prefs);
+        Box::pin(async move { Err(BackendError::NotRunning { state }) })
+    }
+
     fn shutdown(&self) -> BackendFuture<'_, ()> {
         // Nothing was configured in the OS, so there is nothing to undo.
         Box::pin(async {})
@@ -232,6 +270,7 @@ fn self_status(prefs: &Prefs, public_key: NodePublic) -> PeerStatus {
         tags: prefs.advertise_tags.clone(),
         exit_node: false,
         exit_node_option: false,
+        primary_routes: prefs.routing.advertise_routes.clone(),
     }
 }
 

@@ -120,10 +120,21 @@ async fn route(
             let (target, count) = ping_params(&query)?;
             ok(&backend.ping(target, count).await.map_err(backend_failure)?)
         }
+        ("netcheck", &Method::GET) => ok(&backend.netcheck().await.map_err(backend_failure)?),
+        ("netcheck", _) => Err(wrong_method(&endpoint, "GET")),
         ("whois", &Method::GET) => {
             let addr = whois_param(&query)?;
             ok(&backend.whois(addr).await.map_err(backend_failure)?)
         }
+        ("dns/status", &Method::GET) => ok(&backend.dns_status().await.map_err(backend_failure)?),
+        ("dns/query", &Method::GET) => {
+            let (name, qtype) = dns_query_params(&query)?;
+            ok(&backend
+                .dns_query(name, qtype)
+                .await
+                .map_err(backend_failure)?)
+        }
+        ("dns/status" | "dns/query", _) => Err(wrong_method(&endpoint, "GET")),
         ("status" | "version" | "ping" | "whois", _) => Err(wrong_method(&endpoint, "GET")),
         ("up" | "down" | "logout", _) => Err(wrong_method(&endpoint, "POST")),
         _ => Err(not_found(req.uri().path())),
@@ -203,6 +214,25 @@ fn whois_param(query: &HashMap<String, String>) -> Result<IpAddr, Failure> {
         .get("addr")
         .ok_or_else(|| (StatusCode::BAD_REQUEST, "whois needs addr=IP".to_owned()))?;
     parse_whois_addr(addr).map_err(|e| (StatusCode::BAD_REQUEST, e))
+}
+
+/// `dns/query?name=NAME&type=TYPE` (type defaults to A).
+fn dns_query_params(query: &HashMap<String, String>) -> Result<(String, String), Failure> {
+    let name = query
+        .get("name")
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| {
+            (
+                StatusCode::BAD_REQUEST,
+                "dns query needs a name (e.g. `agent dns query monitoring`)".to_owned(),
+            )
+        })?;
+    let qtype = query
+        .get("type")
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "A".to_owned());
+    Ok((name.trim().to_owned(), qtype))
 }
 
 fn backend_failure(e: BackendError) -> Failure {

@@ -68,6 +68,53 @@ pub struct Prefs {
     pub want_running: bool,
     /// Whether the node completed a login with control (cleared by `logout`).
     pub logged_in: bool,
+    /// Subnet routes and exit nodes (`--advertise-routes`, `--exit-node`, …).
+    pub routing: RoutingPrefs,
+    /// `--accept-dns=false`: leave the OS's DNS settings alone. Stored negated so that a
+    /// missing field means the default (use MagicDNS).
+    pub no_accept_dns: bool,
+}
+
+/// Subnet-router and exit-node preferences, as `agent up` left them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RoutingPrefs {
+    /// Subnets this node offers (`--advertise-routes`), masked, without default routes.
+    pub advertise_routes: Vec<ipnet::IpNet>,
+    /// Offer this node as an exit node (`--advertise-exit-node`).
+    pub advertise_exit_node: bool,
+    /// `--snat-subnet-routes=false`: keep tailnet source addresses on forwarded traffic.
+    /// Stored negated so that a missing field means the default (masquerade).
+    pub no_snat_subnet_routes: bool,
+    /// Use the subnet routes other nodes offer (`--accept-routes`).
+    pub accept_routes: bool,
+    /// The exit node in use, by control's StableID.
+    pub exit_node_id: Option<String>,
+    /// The exit node in use, by tailnet IP (given before the node was known by name).
+    pub exit_node_ip: Option<std::net::IpAddr>,
+    /// Keep the directly connected LANs reachable while using an exit node.
+    pub exit_node_allow_lan_access: bool,
+}
+
+impl RoutingPrefs {
+    /// What goes to control in `Hostinfo.RoutableIPs`: the subnet routes plus, for an exit node,
+    /// `0.0.0.0/0` and `::/0`.
+    pub fn routable_ips(&self) -> Vec<ipnet::IpNet> {
+        let mut out = self.advertise_routes.clone();
+        if self.advertise_exit_node {
+            out.extend(
+                ["0.0.0.0/0", "::/0"]
+                    .iter()
+                    .filter_map(|s| s.parse::<ipnet::IpNet>().ok()),
+            );
+        }
+        out
+    }
+
+    /// Whether an exit node is selected.
+    pub fn uses_exit_node(&self) -> bool {
+        self.exit_node_id.is_some() || self.exit_node_ip.is_some()
+    }
 }
 
 /// The node's long-lived private keys. `Debug` of the key types never shows key bytes.

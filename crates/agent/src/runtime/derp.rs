@@ -5,6 +5,14 @@
 //! magicsock does. Each task owns a sans-IO [`nat::derp::client::Client`] and its stream, and
 //! reconnects with capped exponential backoff. Received packets go to the driver through one
 //! channel, tagged with their region.
+//!
+//! Liveness: a connection that has heard nothing from its server for [`KEEPALIVE_IDLE`] sends a
+//! DERP Ping and is dropped (and redialled) if nothing at all arrives within [`PING_TIMEOUT`].
+//! That catches connections whose NAT state was flushed, or that left through an address the
+//! host no longer has, in seconds rather than at the next TCP timeout. After a network change
+//! the driver asks for the same check at once with a shorter deadline
+//! ([`DerpManager::check_connections`]) or redials everything
+//! ([`DerpManager::reconnect_all`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +31,15 @@ const IDLE_CLOSE: Duration = Duration::from_secs(60);
 const QUEUE: usize = 32;
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Ping the server after this long without hearing from it.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+/// A keep-alive Ping must be answered (by anything from the server) within this.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of the check after a network change (Tailscale's magicsock uses 3 s).
+pub const NETWORK_CHANGE_PING: Duration = Duration::from_secs(3);
+/// Writes that take longer than this mean the connection is stuck (a dead peer with a full
+/// send buffer would otherwise block the task until TCP gives up, many minutes later).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A packet that arrived over DERP.
 #[derive(Debug)]
@@ -50,6 +67,8 @@ pub enum DerpEvent {
 enum Out {
     Packet(NodePublic, Vec<u8>),
     Preferred(bool),
+    /// Ping the server now; drop the connection if nothing arrives within the duration.
+    Check(Duration),
 }
 
 struct RegionConn {
@@ -166,6 +185,36 @@ impl DerpManager {
             tracing::debug!(region = r, "closing idle DERP connection");
             self.close(r);
         }
+    }
+
+    /// Pings every open connection; one that hears nothing back within `deadline` is redialled.
+    pub fn check_connections(&mut self, deadline: Duration) {
+        for c in self.conns.values() {
+            let _ = c.out.try_send(Out::Check(deadline));
+        }
+    }
+
+    /// Drops every connection and redials the home region (others reopen when a packet needs
+    /// them). Used when the addresses the old connections used are gone.
+    pub fn reconnect_all(&mut self) {
+        self.shutdown();
+        if let Some(h) = self.home {
+            self.ensure(h);
+        }
+    }
+
+    /// Regions with an open (or opening) connection.
+    pub fn connected_regions(&self) -> Vec<u16> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| !c.task.is_finished())
+            .map(|(r, _)| *r)
+            .collect()
+    }
+
+    /// The current DERP map.
+    pub fn map(&self) -> &DerpMap {
+        &self.map
     }
 
     /// Closes everything.
@@ -320,25 +369,33 @@ async fn serve(
     if *preferred && client.note_preferred(true).is_err() {
         return "cannot mark the home region".into();
     }
-    // The Go server sends keep-alives every 60 s; two missed ones mean the connection is dead.
-    let read_deadline = Duration::from_secs(120);
+    let mut last_heard = tokio::time::Instant::now();
+    // An outstanding liveness check: anything from the server before this instant clears it.
+    let mut check: Option<tokio::time::Instant> = None;
     loop {
-        while let Some(bytes) = client.poll_transmit() {
-            if let Err(e) = wr.write_all(&bytes).await {
-                return format!("write failed: {e}");
+        let write = async {
+            while let Some(bytes) = client.poll_transmit() {
+                wr.write_all(&bytes).await?;
+            }
+            wr.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return format!("write failed: {e}"),
+            Err(_) => {
+                return format!("write stalled for {} s", WRITE_TIMEOUT.as_secs());
             }
         }
-        if let Err(e) = wr.flush().await {
-            return format!("write failed: {e}");
-        }
+        let wake = check.unwrap_or(last_heard + KEEPALIVE_IDLE);
         tokio::select! {
-            read = tokio::time::timeout(read_deadline, rd.read(&mut buf)) => {
+            read = rd.read(&mut buf) => {
                 let n = match read {
-                    Ok(Ok(0)) => return "server closed the connection".into(),
-                    Ok(Ok(n)) => n,
-                    Ok(Err(e)) => return format!("read failed: {e}"),
-                    Err(_) => return "no data from the server for 120 s".into(),
+                    Ok(0) => return "server closed the connection".into(),
+                    Ok(n) => n,
+                    Err(e) => return format!("read failed: {e}"),
                 };
+                last_heard = tokio::time::Instant::now();
+                check = None;
                 if let Err(e) = client.handle_input(buf.get(..n).unwrap_or_default()) {
                     return format!("protocol error: {e}");
                 }
@@ -353,6 +410,15 @@ async fn serve(
                     }
                 }
             }
+            _ = tokio::time::sleep_until(wake) => {
+                if check.is_some() {
+                    return "no answer to a DERP ping".into();
+                }
+                if let Err(e) = client.send_ping(rand::random()) {
+                    return format!("cannot ping the server: {e}");
+                }
+                check = Some(tokio::time::Instant::now() + PING_TIMEOUT);
+            }
             out = rx.recv() => match out {
                 None => return "closed by the agent".into(),
                 Some(Out::Packet(dst, payload)) => {
@@ -365,6 +431,13 @@ async fn serve(
                     if client.note_preferred(p).is_err() {
                         return "cannot mark the home region".into();
                     }
+                }
+                Some(Out::Check(deadline)) => {
+                    if let Err(e) = client.send_ping(rand::random()) {
+                        return format!("cannot ping the server: {e}");
+                    }
+                    let until = tokio::time::Instant::now() + deadline;
+                    check = Some(check.map_or(until, |c| c.min(until)));
                 }
             },
         }

@@ -17,6 +17,11 @@
 //! passed down.
 
 pub mod derp;
+mod dns;
+mod netcheck;
+mod netmon;
+mod portmap;
+mod router;
 mod status;
 mod udp;
 
@@ -27,12 +32,11 @@ use std::time::{Duration, Instant};
 use dataplane::{Engine, EngineConfig, EngineError, PeerConfig};
 use ipnet::IpNet;
 use nat::magicsock::{Dest, PathEvent, PathManager, PeerInfo, PingPath, Source};
-use nat::stun_client::{Families, StunClient, StunEvent};
+use nat::stun_client::{StunClient, StunEvent};
 use proto::disco::PacketKind;
 use proto::keys::{DiscoPrivate, NodePublic};
 use proto::netmap::NetMap;
-use proto::tailcfg::{EndpointType, Hostinfo, NetInfo};
-use tokio::net::UdpSocket;
+use proto::tailcfg::Hostinfo;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::controlclient::{AuthKey, Client, ClientConfig, ClientEvent, ClientHandle};
@@ -42,8 +46,6 @@ use crate::ipn::{BackendState, PingReply, Status, UpReply, UpRequest, WhoIs};
 use derp::{DerpEvent, DerpManager};
 use udp::{BatchSocket, RecvBatch, SendBatch};
 
-/// The tailnet's address ranges, routed to the TUN device.
-const TAILNET_ROUTES: [&str; 2] = ["100.64.0.0/10", "fd7a:115c:a1e0::/48"];
 /// TUN MTU (Tailscale's default).
 const MTU: u16 = 1280;
 /// How long `up` waits for control to accept or refuse the login.
@@ -65,6 +67,10 @@ enum Cmd {
         oneshot::Sender<Result<Vec<PingReply>, BackendError>>,
     ),
     Whois(IpAddr, oneshot::Sender<Result<WhoIs, BackendError>>),
+    /// `agent dns status` / `agent dns query` (runtime/dns.rs).
+    Dns(dns::DnsCmd),
+    /// `agent netcheck` (runtime/netcheck.rs).
+    Netcheck(oneshot::Sender<Result<crate::ipn::NetcheckReport, BackendError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -89,9 +95,20 @@ impl EngineBackend {
         prefs: Prefs,
         keys: Keys,
     ) -> std::io::Result<Self> {
-        let udp = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], cfg.port))).await?;
-        let udp = BatchSocket::new(udp)?;
+        // The agent's own sockets carry the bypass mark so policy routing (exit nodes, subnet
+        // routes covering the underlay) never sends them into the tunnel.
+        let mark = router::usable_mark();
+        if mark.is_some() {
+            nat::derp::dial::set_socket_hook(router::mark_tcp);
+        }
+        let udp_opts = udp::SocketOptions { mark };
+        let mut router = router::Router::new(&cfg.tun, state.path(), mark.is_some());
+        router.cleanup_stale().await;
+        let udp = BatchSocket::bind(cfg.port, &udp_opts)?;
         let port = udp.local_addr()?.port();
+        let net = netmon::NetState::new(&cfg.tun);
+        let families = net.stun_families(&udp);
+        let (side_tx, side_rx) = mpsc::channel(64);
         let (tx, rx) = mpsc::channel(64);
         let (derp_tx, derp_rx) = mpsc::channel(1024);
         let disco = DiscoPrivate::generate(&mut rand_core::OsRng);
@@ -99,19 +116,15 @@ impl EngineBackend {
         let now = Instant::now();
         let mut seed = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+        // MagicDNS; restores a resolv.conf a crashed run left pointing at us.
+        let dns = dns::DnsManager::new(&cfg.tun, state.path());
         let mut driver = Driver {
             cfg,
             state,
             prefs,
             engine: Engine::new(keys.node_private.clone(), now),
             paths: PathManager::new(node_pub, disco, seed),
-            stun: StunClient::new(
-                seed,
-                Families {
-                    ipv4: true,
-                    ipv6: false,
-                },
-            ),
+            stun: StunClient::new(seed, families),
             derp: DerpManager::new(keys.node_private.clone(), derp_tx),
             keys,
             udp: Arc::new(udp),
@@ -126,6 +139,13 @@ impl EngineBackend {
             pings: Vec::new(),
             next_stun: now,
             configured_addrs: Vec::new(),
+            dns,
+            router,
+            udp_opts,
+            net,
+            side_tx,
+            portmap: portmap::PortMapState::default(),
+            netcheck: netcheck::NetcheckState::default(),
         };
         if driver.prefs.want_running && driver.prefs.logged_in {
             driver.start_control(None);
@@ -134,7 +154,7 @@ impl EngineBackend {
         } else {
             driver.backend_state = BackendState::NeedsLogin;
         }
-        tokio::spawn(driver.run(rx, derp_rx));
+        tokio::spawn(driver.run(rx, derp_rx, side_rx));
         Ok(EngineBackend { cmds: tx })
     }
 
@@ -193,6 +213,30 @@ impl Backend for EngineBackend {
     fn shutdown(&self) -> BackendFuture<'_, ()> {
         Box::pin(async move {
             let _ = self.ask(Cmd::Shutdown).await;
+        })
+    }
+
+    fn netcheck(&self) -> BackendFuture<'_, Result<crate::ipn::NetcheckReport, BackendError>> {
+        Box::pin(async move { self.ask(Cmd::Netcheck).await.unwrap_or_else(|| Err(gone())) })
+    }
+
+    fn dns_status(&self) -> BackendFuture<'_, Result<crate::ipn::DnsStatus, BackendError>> {
+        Box::pin(async move {
+            self.ask(|tx| Cmd::Dns(dns::DnsCmd::Status(tx)))
+                .await
+                .ok_or_else(gone)
+        })
+    }
+
+    fn dns_query(
+        &self,
+        name: String,
+        qtype: String,
+    ) -> BackendFuture<'_, Result<crate::ipn::DnsQueryReply, BackendError>> {
+        Box::pin(async move {
+            self.ask(|tx| Cmd::Dns(dns::DnsCmd::Query(name, qtype, tx)))
+                .await
+                .unwrap_or_else(|| Err(gone()))
         })
     }
 }
@@ -260,6 +304,32 @@ struct Driver {
     pings: Vec<PendingPing>,
     next_stun: Instant,
     configured_addrs: Vec<IpNet>,
+    /// MagicDNS: resolver, server on the TUN, OS integration (runtime/dns.rs).
+    dns: dns::DnsManager,
+    /// OS routing for subnet routes and exit nodes (table 52, rules, nftables, forwarding).
+    router: router::Router,
+    /// Options for every UDP socket the driver binds (first bind and rebinds).
+    udp_opts: udp::SocketOptions,
+    /// The network as the monitor last saw it, and roaming bookkeeping (`netmon.rs`).
+    net: netmon::NetState,
+    /// Where helper tasks (network monitor, port mapping, netcheck probes) report.
+    side_tx: mpsc::Sender<Side>,
+    /// Port mapping at the gateway (`portmap.rs`).
+    portmap: portmap::PortMapState,
+    /// A running `agent netcheck` (`netcheck.rs`).
+    netcheck: netcheck::NetcheckState,
+}
+
+/// What the driver's helper tasks report.
+enum Side {
+    /// The network monitor saw a change.
+    Net(netmon::NetChange),
+    /// The port mapper reported.
+    Portmap(portmap::PortmapUpdate),
+    /// The `agent netcheck` port mapping probe finished.
+    NetcheckProbe(Result<nat::portmap::ProbeResult, String>),
+    /// The `agent netcheck` HTTPS latencies (UDP blocked) are in.
+    NetcheckHttps(Vec<nat::netcheck::HttpsLatency>),
 }
 
 /// What woke the driver.
@@ -270,15 +340,24 @@ enum Input {
     Tun(Option<TunPacket>),
     /// The number of datagrams read into the receive batch.
     Udp(std::io::Result<usize>),
+    Side(Option<Side>),
     Timer,
 }
 
 impl Driver {
-    async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>, mut derp_rx: mpsc::Receiver<DerpEvent>) {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Cmd>,
+        mut derp_rx: mpsc::Receiver<DerpEvent>,
+        mut side_rx: mpsc::Receiver<Side>,
+    ) {
         let (tun_tx, mut tun_rx) = mpsc::channel::<TunPacket>(256);
         // Reused for every receive: batched reads do not allocate.
         let mut udp_in = RecvBatch::new();
+        self.start_netmon();
         loop {
+            // Rebinding needs the only reference to the old socket, which is here.
+            self.rebind_if_due();
             let deadline = self.next_deadline();
             let udp = Arc::clone(&self.udp);
             let input = tokio::select! {
@@ -287,6 +366,7 @@ impl Driver {
                 d = derp_rx.recv() => Input::Derp(d),
                 p = tun_rx.recv() => Input::Tun(p),
                 r = udp.recv(&mut udp_in) => Input::Udp(r),
+                s = side_rx.recv() => Input::Side(s),
                 _ = tokio::time::sleep_until(deadline.into()) => Input::Timer,
             };
             let now = Instant::now();
@@ -327,6 +407,8 @@ impl Driver {
                 Input::Udp(Err(e)) => {
                     tracing::debug!(error = %e, "UDP receive failed");
                 }
+                Input::Side(Some(s)) => self.handle_side(s, now),
+                Input::Side(None) => {}
                 Input::Timer => self.handle_timeout(now),
             }
             // Take whatever else the TUN reader has queued, so one drain pass encrypts and
@@ -368,6 +450,7 @@ impl Driver {
         self.paths.handle_timeout(now);
         self.stun.handle_timeout(now);
         self.derp.cleanup(now);
+        self.router.check_forwarding(now);
         // STUN servers come from the DERP map: without one there is nothing to measure.
         let have_servers = self.netmap.as_ref().is_some_and(|m| m.derp_map.is_some());
         if self.control.is_some()
@@ -393,6 +476,7 @@ impl Driver {
             ))));
         }
         self.advance_pings(now);
+        self.netcheck_timeout(now);
     }
 
     /// An IP packet read from the TUN device: encrypt it for its peer.
@@ -456,6 +540,9 @@ impl Driver {
             self.udp_out.push(&self.udp, s.dest, &s.payload);
         }
         self.udp_out.flush(&self.udp);
+        while let Some(chunk) = self.paths.poll_sweep() {
+            self.udp.send_fanout(&chunk.payload, chunk.dests());
+        }
         while let Some(w) = self.engine.poll_tun_write() {
             if let Some(tun) = &self.tun
                 && let Err(e) = tun.device.write(&w).await
@@ -486,6 +573,7 @@ impl Driver {
             PathEvent::FellBackToDerp { peer } => {
                 tracing::info!(peer = %peer.short(), "direct path lost; using DERP")
             }
+            PathEvent::DirectPathLost { .. } => self.on_direct_path_lost(),
             PathEvent::PingResult {
                 id, latency, path, ..
             } => {
@@ -517,16 +605,21 @@ impl Driver {
         }
     }
 
+    /// A helper task reported.
+    fn handle_side(&mut self, side: Side, now: Instant) {
+        match side {
+            Side::Net(change) => self.on_network_change(change, now),
+            Side::Portmap(update) => self.on_portmap_update(update),
+            Side::NetcheckProbe(result) => self.netcheck_on_probe(result),
+            Side::NetcheckHttps(results) => self.netcheck_on_https(results),
+        }
+    }
+
     fn handle_report(&mut self, report: &nat::stun_client::Report) {
         tracing::debug!(udp = report.udp, global_v4 = ?report.global_v4, home = ?report.preferred_derp, "STUN report");
-        let mut endpoints: Vec<(SocketAddr, EndpointType)> = Vec::new();
-        for ip in local_addresses() {
-            endpoints.push((SocketAddr::new(ip, self.port), EndpointType::LOCAL));
-        }
-        for e in report.endpoints() {
-            if !endpoints.iter().any(|(a, _)| *a == e) {
-                endpoints.push((e, EndpointType::STUN));
-            }
+        let endpoints = self.endpoint_candidates(report);
+        if let Some(hard) = report.mapping_varies_by_dest_ip {
+            self.paths.set_local_nat_hard(hard);
         }
         self.paths
             .set_local_endpoints(endpoints.iter().map(|(a, _)| *a).collect());
@@ -535,18 +628,9 @@ impl Driver {
         self.derp.set_home(home);
         if let Some((control, _)) = &self.control {
             control.update_endpoints(endpoints);
-            control.update_netinfo(NetInfo {
-                preferred_derp: home.map_or(0, i32::from),
-                working_udp: Some(report.udp),
-                mapping_varies_by_dest_ip: report.mapping_varies_by_dest_ip,
-                derp_latency: report
-                    .region_latency
-                    .iter()
-                    .map(|(r, d)| (format!("{r}-v4"), d.as_secs_f64()))
-                    .collect(),
-                ..Default::default()
-            });
+            control.update_netinfo(self.net_info(report, home));
         }
+        self.netcheck_on_stun(report);
     }
 
     async fn handle_cmd(&mut self, cmd: Cmd, now: Instant) {
@@ -554,7 +638,13 @@ impl Driver {
             Cmd::Status(tx) => {
                 let _ = tx.send(self.status(now));
             }
-            Cmd::Up(req, tx) => self.up(req, tx, now),
+            Cmd::Up(req, tx) => {
+                self.up(req, tx, now);
+                // New routing preferences take effect at once on a running node.
+                self.apply_routing(now).await;
+                // So does a new --accept-dns.
+                self.sync_dns().await;
+            }
             Cmd::Down(tx) => {
                 let res = self.save_prefs(|p| p.want_running = false);
                 self.stop_all().await;
@@ -578,9 +668,11 @@ impl Driver {
                 let _ = tx.send(res.and(saved));
             }
             Cmd::Ping(target, count, tx) => self.start_ping(&target, count, tx, now),
+            Cmd::Netcheck(tx) => self.start_netcheck(tx, now),
             Cmd::Whois(ip, tx) => {
                 let _ = tx.send(self.whois(ip));
             }
+            Cmd::Dns(c) => self.handle_dns_cmd(c),
             Cmd::Shutdown(_) => {}
         }
     }
@@ -599,6 +691,15 @@ impl Driver {
         tx: oneshot::Sender<Result<UpReply, BackendError>>,
         now: Instant,
     ) {
+        let routing =
+            match router::routing_from_up(&self.prefs.routing, &req, self.netmap.as_deref()) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(BackendError::InvalidRequest(e)));
+                    return;
+                }
+            };
+        let routable_changed = routing.routable_ips() != self.prefs.routing.routable_ips();
         let url_changed = req.login_server.is_some() && req.login_server != self.prefs.control_url;
         let saved = self.save_prefs(|p| {
             if req.login_server.is_some() {
@@ -609,11 +710,18 @@ impl Driver {
             }
             p.advertise_tags = req.advertise_tags.clone();
             p.ephemeral = req.ephemeral;
+            p.routing = routing;
+            if let Some(accept) = req.accept_dns {
+                p.no_accept_dns = !accept;
+            }
             p.want_running = true;
         });
         if let Err(e) = saved {
             let _ = tx.send(Err(e));
             return;
+        }
+        if routable_changed && let Some((c, _)) = &self.control {
+            c.update_hostinfo(self.hostinfo());
         }
         if self.prefs.control_url.is_none() {
             let _ = tx.send(Err(BackendError::InvalidRequest(
@@ -647,6 +755,23 @@ impl Driver {
         self.pending_up = Some((tx, now));
     }
 
+    /// What this node tells control about itself (besides NetInfo, which STUN fills in).
+    fn hostinfo(&self) -> Hostinfo {
+        Hostinfo {
+            hostname: self
+                .prefs
+                .hostname
+                .clone()
+                .unwrap_or_else(crate::daemon::backend::os_hostname),
+            os: std::env::consts::OS.to_string(),
+            ipn_version: env!("CARGO_PKG_VERSION").to_string(),
+            backend_log_id: hex_id(self.keys.node_private.public().as_bytes()),
+            request_tags: self.prefs.advertise_tags.clone(),
+            routable_ips: self.prefs.routing.routable_ips(),
+            ..Default::default()
+        }
+    }
+
     fn start_control(&mut self, auth: Option<AuthKey>) {
         let Some(url) = self.prefs.control_url.clone() else {
             return;
@@ -667,12 +792,9 @@ impl Driver {
         cfg.ephemeral = self.prefs.ephemeral;
         cfg.hostinfo = Hostinfo {
             hostname,
-            os: std::env::consts::OS.to_string(),
-            ipn_version: env!("CARGO_PKG_VERSION").to_string(),
-            backend_log_id: hex_id(self.keys.node_private.public().as_bytes()),
-            request_tags: self.prefs.advertise_tags.clone(),
-            ..Default::default()
+            ..self.hostinfo()
         };
+        cfg.dial.socket_mark = self.udp_opts.mark;
         self.backend_state = BackendState::Starting;
         self.control = Some(Client::start(cfg));
         self.next_stun = Instant::now();
@@ -772,29 +894,7 @@ impl Driver {
         let expired_peer = |n: &proto::tailcfg::Node| {
             n.expired || n.key_expiry.is_some_and(|e| e <= chrono::Utc::now())
         };
-        let peers: Vec<PeerConfig> = nm
-            .peers
-            .values()
-            .filter(|p| !expired_peer(p))
-            .map(|p| PeerConfig {
-                key: p.key,
-                allowed_ips: p.addresses.clone(),
-                keepalive: None,
-            })
-            .collect();
-        let cfg = EngineConfig {
-            addresses: addresses.clone(),
-            local_routes: addresses.clone(),
-            peers,
-            filter: nm.packet_filter.clone(),
-        };
-        let errors = self.engine.set_config(cfg, now);
-        if !errors.is_empty() {
-            tracing::warn!(
-                count = errors.len(),
-                "some filter rules were not understood and are ignored"
-            );
-        }
+        self.configure_engine(&nm, &addresses, now).await;
         self.paths.set_peers(
             nm.peers
                 .values()
@@ -804,6 +904,7 @@ impl Driver {
                     disco_key: p.disco_key,
                     endpoints: p.endpoints.clone(),
                     home_derp: u16::try_from(p.home_derp_region()).ok().filter(|r| *r > 0),
+                    mapping_varies: netmon::mapping_varies(p),
                 })
                 .collect(),
             now,
@@ -832,6 +933,62 @@ impl Driver {
         }
         self.backend_state = BackendState::Running;
         self.netmap = Some(nm);
+        self.ensure_portmap();
+        self.sync_dns().await;
+    }
+
+    /// Configures the engine (peers with their AllowedIPs, served routes, filter) and the OS
+    /// routing for `nm`, following the routing preferences.
+    async fn configure_engine(&mut self, nm: &NetMap, addresses: &[IpNet], now: Instant) {
+        let local = router::LocalNets::read(&self.cfg.tun);
+        let c = router::compose(
+            &self.cfg.tun,
+            &self.prefs.routing,
+            nm,
+            &local,
+            chrono::Utc::now(),
+        );
+        let peers: Vec<PeerConfig> = c
+            .peers
+            .iter()
+            .map(|(key, allowed)| PeerConfig {
+                key: *key,
+                allowed_ips: allowed.clone(),
+                keepalive: None,
+            })
+            .collect();
+        let cfg = EngineConfig {
+            addresses: addresses.to_vec(),
+            local_routes: c.local_routes,
+            peers,
+            filter: nm.packet_filter.clone(),
+        };
+        let errors = self.engine.set_config(cfg, now);
+        if !errors.is_empty() {
+            tracing::warn!(
+                count = errors.len(),
+                "some filter rules were not understood and are ignored"
+            );
+        }
+        for w in &c.warnings {
+            tracing::warn!("{w}");
+        }
+        self.router.set_warnings(c.warnings);
+        self.router.apply(&c.plan).await;
+    }
+
+    /// Re-applies routing after a preference change, when the node is connected.
+    async fn apply_routing(&mut self, now: Instant) {
+        if self.backend_state != BackendState::Running || self.tun.is_none() {
+            return;
+        }
+        let Some(nm) = self.netmap.clone() else {
+            return;
+        };
+        let Some(addresses) = nm.self_node.as_ref().map(|me| me.addresses.clone()) else {
+            return;
+        };
+        self.configure_engine(&nm, &addresses, now).await;
     }
 
     async fn setup_tun(
@@ -879,15 +1036,9 @@ impl Driver {
             .filter(|a| !self.configured_addrs.contains(a))
             .copied()
             .collect();
-        let routes: Vec<IpNet> = if self.configured_addrs.is_empty() {
-            TAILNET_ROUTES
-                .iter()
-                .filter_map(|r| r.parse().ok())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        dataplane::tun::configure(&name, MTU, &new, &routes).await?;
+        // No routes here: the tailnet routes are the router's (table 52 behind policy rules,
+        // or the main table when policy routing is unavailable).
+        dataplane::tun::configure(&name, MTU, &new, &[]).await?;
         self.configured_addrs = addresses.to_vec();
         tracing::info!(tun = %name, addresses = ?addresses, "TUN device configured");
         Ok(())
@@ -895,6 +1046,9 @@ impl Driver {
 
     /// Removes the TUN device (its addresses and routes go with it).
     async fn teardown_dataplane(&mut self) {
+        // DNS first: the OS must stop sending queries to an address about to disappear.
+        self.dns.stop().await;
+        self.router.teardown().await;
         if let Some(tun) = self.tun.take() {
             tun.reader.abort();
             drop(tun.device);
@@ -916,6 +1070,7 @@ impl Driver {
         if let Some((c, _)) = self.control.take() {
             c.shutdown().await;
         }
+        self.stop_portmap().await;
         self.teardown_dataplane().await;
         self.derp.shutdown();
         self.netmap = None;
@@ -1014,25 +1169,6 @@ impl Driver {
     fn status(&self, now: Instant) -> Status {
         status::build(self, now)
     }
-}
-
-/// Non-loopback, non-tailnet addresses of this host's interfaces: local endpoint candidates.
-fn local_addresses() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    let tailnet: Vec<IpNet> = TAILNET_ROUTES
-        .iter()
-        .filter_map(|r| r.parse().ok())
-        .collect();
-    let mut out: Vec<IpAddr> = addrs
-        .filter_map(|a| a.address)
-        .filter_map(|s| s.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())))
-        .filter(|ip| !ip.is_loopback() && !tailnet.iter().any(|n| n.contains(ip)))
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }
 
 fn hex_id(bytes: &[u8; 32]) -> String {

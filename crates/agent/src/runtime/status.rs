@@ -22,6 +22,7 @@ pub fn stopped() -> Status {
         health: vec!["the engine is not running".into()],
         auth_url: None,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        exit_node_status: None,
     }
 }
 
@@ -41,6 +42,7 @@ fn empty_peer() -> PeerStatus {
         tags: Vec::new(),
         exit_node: false,
         exit_node_option: false,
+        primary_routes: Vec::new(),
     }
 }
 
@@ -61,10 +63,8 @@ fn node_status(n: &Node) -> PeerStatus {
         tx_bytes: 0,
         tags: n.tags.clone(),
         exit_node: false,
-        exit_node_option: n
-            .allowed_ips
-            .as_ref()
-            .is_some_and(|a| a.iter().any(|p| p.prefix_len() == 0)),
+        exit_node_option: dataplane::wgcfg::offers_exit_node(n),
+        primary_routes: n.primary_routes.clone(),
     }
 }
 
@@ -85,12 +85,14 @@ pub(super) fn build(d: &Driver, now: Instant) -> Status {
     };
     self_.online = d.backend_state == BackendState::Running;
     let wall = chrono::Utc::now();
+    let exit = super::router::exit_node_status(&d.prefs.routing, nm);
     let peers = nm
         .map(|m| {
             m.peers
                 .values()
                 .map(|n| {
                     let mut p = node_status(n);
+                    p.exit_node = exit.as_ref().is_some_and(|e| e.id == n.stable_id);
                     p.path = match d.paths.peer_path(&n.key) {
                         PathStatus::Direct(addr, _) => Path::Direct { addr },
                         PathStatus::Relay(region) => Path::Relay {
@@ -118,9 +120,16 @@ pub(super) fn build(d: &Driver, now: Instant) -> Status {
         peers,
         tailnet: nm.map(|m| m.domain.clone()).filter(|s| !s.is_empty()),
         magic_dns_suffix: nm.and_then(|m| m.dns.domains.first().cloned()),
-        health: d.health.clone(),
+        health: d
+            .health
+            .iter()
+            .chain(d.router.health())
+            .chain(d.dns.health())
+            .cloned()
+            .collect(),
         auth_url: None,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        exit_node_status: exit,
     }
 }
 

@@ -1,5 +1,13 @@
 //! Batched UDP I/O for the engine driver: many datagrams per syscall in both directions.
 //!
+//! The socket is dual-stack: [`BatchSocket::bind`] binds `[::]:port` with `IPV6_V6ONLY` off, so one
+//! socket (and one port) carries IPv4 and IPv6, and falls back to `0.0.0.0:port` on hosts without
+//! IPv6. The kernel reports IPv4 senders on a dual-stack socket as v4-mapped IPv6 addresses
+//! (`::ffff:192.0.2.1`), and quinn-udp passes addresses through unchanged, so this module is the
+//! one place that converts: received addresses are made canonical ([`canonical`]: plain IPv4),
+//! and IPv4 destinations are mapped before `sendmsg`. Everything above sees plain addresses. GRO
+//! and GSO are UDP-level options and work for both families on a dual-stack socket.
+//!
 //! Receiving uses quinn-udp's `recvmmsg` with UDP GRO into preallocated buffers
 //! ([`RecvBatch`]); a GRO buffer holds several datagrams of one sender, split at `stride`.
 //! Sending collects one drain pass of datagrams ([`SendBatch`]) and hands each run of equal-size
@@ -9,10 +17,12 @@
 //! each drain pass. Sends never wait: like `try_send_to`, a full socket buffer drops the datagrams
 //! and the protocols above recover.
 
-use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::AsRawFd as _;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -22,18 +32,113 @@ pub(super) const RECV_BATCH: usize = 32;
 const RECV_SLOT: usize = 65536;
 /// Largest payload handed to one GSO `sendmsg`: below the IPv4 UDP limit of 65507 bytes.
 const MAX_SEND_BYTES: usize = 65000;
+/// Datagrams per `sendmmsg` when one payload goes to many destinations (a port sweep).
+const FANOUT_BATCH: usize = 256;
+
+/// Options applied to every UDP socket the driver creates (the first bind and every rebind after
+/// a network change), before it is bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct SocketOptions {
+    /// `SO_MARK` (needs `CAP_NET_ADMIN`): lets policy routing send the tunnel's own UDP traffic
+    /// around the tunnel (exit nodes, subnet routes that cover the underlay).
+    pub mark: Option<u32>,
+}
+
+/// Applies [`SocketOptions`] to a socket that is not bound yet. Every socket the driver uses goes
+/// through here.
+fn configure(sock: &Socket, opts: &SocketOptions) -> io::Result<()> {
+    if let Some(mark) = opts.mark {
+        sock.set_mark(mark)?;
+    }
+    Ok(())
+}
+
+/// A non-blocking UDP socket of `domain` bound to the wildcard address and `port`; IPv6 sockets
+/// are dual-stack.
+fn bind_socket(domain: Domain, port: u16, opts: &SocketOptions) -> io::Result<std::net::UdpSocket> {
+    let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    let addr = if domain == Domain::IPV6 {
+        sock.set_only_v6(false)?;
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
+    } else {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+    };
+    configure(&sock, opts)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// The plain form of an address: v4-mapped IPv6 (`[::ffff:192.0.2.1]:41641`) becomes IPv4
+/// (`192.0.2.1:41641`); everything else is returned as is.
+pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// The destination to hand the kernel: IPv4 becomes v4-mapped on a dual-stack socket; IPv6
+/// cannot be reached from an IPv4-only socket (`None`).
+fn socket_dest(dest: SocketAddr, dual_stack: bool) -> Option<SocketAddr> {
+    match (canonical(dest), dual_stack) {
+        (SocketAddr::V4(v4), true) => Some(SocketAddr::V6(SocketAddrV6::new(
+            v4.ip().to_ipv6_mapped(),
+            v4.port(),
+            0,
+            0,
+        ))),
+        (SocketAddr::V6(_), false) => None,
+        (d, _) => Some(d),
+    }
+}
 
 /// The driver's UDP socket with quinn-udp's batching state.
 pub(super) struct BatchSocket {
     sock: UdpSocket,
     state: UdpSocketState,
+    /// An IPv6 socket that also carries IPv4 (as v4-mapped addresses).
+    dual_stack: bool,
 }
 
 impl BatchSocket {
+    /// Binds the driver's socket on `port` (0: any free port): dual-stack `[::]:port`, or
+    /// `0.0.0.0:port` when the host cannot open IPv6 sockets. Must run inside the tokio runtime.
+    pub(super) fn bind(port: u16, opts: &SocketOptions) -> io::Result<Self> {
+        match bind_socket(Domain::IPV6, port, opts) {
+            Ok(sock) => Self::new(UdpSocket::from_std(sock)?),
+            Err(e) => {
+                tracing::debug!(error = %e, port, "no dual-stack UDP socket; using IPv4 only");
+                Self::new(UdpSocket::from_std(bind_socket(Domain::IPV4, port, opts)?)?)
+            }
+        }
+    }
+
     /// Wraps a bound socket and turns on what the kernel offers (GRO, GSO detection).
     pub(super) fn new(sock: UdpSocket) -> io::Result<Self> {
         let state = UdpSocketState::new((&sock).into())?;
-        Ok(BatchSocket { sock, state })
+        let dual_stack = match sock.local_addr()? {
+            SocketAddr::V6(_) => !socket2::SockRef::from(&sock).only_v6()?,
+            SocketAddr::V4(_) => false,
+        };
+        Ok(BatchSocket {
+            sock,
+            state,
+            dual_stack,
+        })
+    }
+
+    /// Whether the socket can send to and receive from IPv6 addresses.
+    pub(super) fn has_ipv6(&self) -> bool {
+        matches!(self.sock.local_addr(), Ok(SocketAddr::V6(_)))
+    }
+
+    /// Whether `dest` is reachable from this socket's address family.
+    pub(super) fn can_send_to(&self, dest: SocketAddr) -> bool {
+        socket_dest(dest, self.dual_stack).is_some()
     }
 
     pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -63,6 +168,12 @@ impl BatchSocket {
         contents: &[u8],
         segment: Option<usize>,
     ) -> io::Result<()> {
+        let Some(destination) = socket_dest(destination, self.dual_stack) else {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "an IPv6 destination on an IPv4-only socket",
+            ));
+        };
         let t = Transmit {
             destination,
             ecn: None,
@@ -78,6 +189,46 @@ impl BatchSocket {
     /// Sends one datagram at once, outside any batch.
     pub(super) fn send_one(&self, destination: SocketAddr, contents: &[u8]) -> io::Result<()> {
         self.try_send(destination, contents, None)
+    }
+
+    /// Sends the same `payload` to every destination (a hard-NAT port sweep: one sealed disco
+    /// Ping to many ports of one IP) with `sendmmsg`, [`FANOUT_BATCH`] datagrams per syscall. GSO
+    /// cannot help here (it needs one destination). Never waits: when the socket buffer is full
+    /// the rest is dropped, as a sweep is best effort. Returns whether everything was handed to
+    /// the kernel.
+    pub(super) fn send_fanout(
+        &self,
+        payload: &[u8],
+        dests: impl Iterator<Item = SocketAddr>,
+    ) -> bool {
+        use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+        let addrs: Vec<Option<SockaddrStorage>> = dests
+            .filter_map(|d| socket_dest(d, self.dual_stack))
+            .map(|d| Some(SockaddrStorage::from(d)))
+            .collect();
+        let iov = [IoSlice::new(payload)];
+        for chunk in addrs.chunks(FANOUT_BATCH) {
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
+            let res = self.sock.try_io(Interest::WRITABLE, || {
+                let no_cmsgs: [ControlMessage<'_>; 0] = [];
+                // The result is not iterated: for sends its per-message view is meaningless.
+                sendmmsg(
+                    self.sock.as_raw_fd(),
+                    &mut headers,
+                    std::iter::repeat_n(&iov, chunk.len()),
+                    chunk,
+                    no_cmsgs,
+                    MsgFlags::empty(),
+                )
+                .map(drop)
+                .map_err(io::Error::from)
+            });
+            if let Err(e) = res {
+                tracing::trace!(error = %e, "fan-out send stopped");
+                return false;
+            }
+        }
+        true
     }
 
     fn max_segments(&self) -> usize {
@@ -113,7 +264,8 @@ impl RecvBatch {
         Ok(self.datagrams().count())
     }
 
-    /// The datagrams of the last receive with their senders, GRO buffers split into segments.
+    /// The datagrams of the last receive with their senders (canonical: IPv4 senders as plain
+    /// IPv4), GRO buffers split into segments.
     pub(super) fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
         self.meta
             .iter()
@@ -127,7 +279,8 @@ impl RecvBatch {
                     .unwrap_or_default();
                 // A zero stride would mean "no GRO"; treat the buffer as one datagram then.
                 let stride = if m.stride == 0 { data.len() } else { m.stride };
-                data.chunks(stride.max(1)).map(move |d| (d, m.addr))
+                let from = canonical(m.addr);
+                data.chunks(stride.max(1)).map(move |d| (d, from))
             })
     }
 }
@@ -280,6 +433,80 @@ mod tests {
             collect(&c, &mut rx, 3).await,
             vec![vec![1; 500], vec![3; 500], vec![5; 500]]
         );
+    }
+
+    #[test]
+    fn v4_mapped_addresses_become_plain_ipv4_and_back() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:41641".parse().unwrap();
+        let plain: SocketAddr = "192.0.2.1:41641".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:41641".parse().unwrap();
+        assert_eq!(canonical(mapped), plain);
+        assert_eq!(canonical(plain), plain);
+        assert_eq!(canonical(v6), v6);
+        assert_eq!(socket_dest(plain, true), Some(mapped));
+        assert_eq!(socket_dest(mapped, false), Some(plain));
+        assert_eq!(socket_dest(v6, true), Some(v6));
+        assert_eq!(socket_dest(v6, false), None);
+    }
+
+    #[tokio::test]
+    async fn dual_stack_socket_talks_plain_ipv4_both_ways() {
+        let a = BatchSocket::bind(0, &SocketOptions::default()).unwrap();
+        a.sock.writable().await.unwrap();
+        let b = BatchSocket::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        b.sock.writable().await.unwrap();
+        let a_port = a.local_addr().unwrap().port();
+        let a_v4 = SocketAddr::from(([127, 0, 0, 1], a_port));
+        let b_addr = b.local_addr().unwrap();
+        // A GSO run from the dual-stack socket to an IPv4 peer, given as plain IPv4.
+        let mut tx = SendBatch::new();
+        for i in 0..4u8 {
+            tx.push(&a, b_addr, &[i; 1000]);
+        }
+        tx.flush(&a);
+        let mut rx = RecvBatch::new();
+        let got = collect(&b, &mut rx, 4).await;
+        assert_eq!(got, (0..4u8).map(|i| vec![i; 1000]).collect::<Vec<_>>());
+        // And back: the IPv4 sender shows up as plain IPv4, not ::ffff:127.0.0.1.
+        b.send_one(a_v4, b"hello").unwrap();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), a.recv(&mut rx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1);
+        let (data, from) = rx.datagrams().next().unwrap();
+        assert_eq!(data, b"hello");
+        assert_eq!(from, b_addr);
+    }
+
+    #[tokio::test]
+    async fn dual_stack_socket_reaches_ipv6_loopback() {
+        let a = BatchSocket::bind(0, &SocketOptions::default()).unwrap();
+        let Ok(b) = UdpSocket::bind("[::1]:0").await else {
+            // No IPv6 on this host: the socket is IPv4-only and says so.
+            assert!(!a.can_send_to("[::1]:1".parse().unwrap()) || a.has_ipv6());
+            return;
+        };
+        a.sock.writable().await.unwrap();
+        let b = BatchSocket::new(b).unwrap();
+        let to = b.local_addr().unwrap();
+        assert!(a.can_send_to(to));
+        a.send_one(to, b"v6").unwrap();
+        let mut rx = RecvBatch::new();
+        assert_eq!(collect(&b, &mut rx, 1).await, vec![b"v6".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn fanout_sends_one_payload_to_every_destination() {
+        let a = BatchSocket::bind(0, &SocketOptions::default()).unwrap();
+        a.sock.writable().await.unwrap();
+        let b = BatchSocket::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let c = BatchSocket::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let dests = [b.local_addr().unwrap(), c.local_addr().unwrap()];
+        assert!(a.send_fanout(b"ping", dests.into_iter()));
+        let mut rx = RecvBatch::new();
+        assert_eq!(collect(&b, &mut rx, 1).await, vec![b"ping".to_vec()]);
+        assert_eq!(collect(&c, &mut rx, 1).await, vec![b"ping".to_vec()]);
     }
 
     #[tokio::test]

@@ -82,6 +82,11 @@ pub async fn run(args: DerpArgs) -> anyhow::Result<()> {
                 name: format!("{region_id}a"),
                 region_id,
                 host_name: args.hostname.clone(),
+                // Clients send STUN only to the literal addresses in the map, so announce the
+                // relay's address whenever it is known: the hostname if it is an IP, else a
+                // specific --listen address.
+                ipv4: announced(&args, |ip| ip.is_ipv4()),
+                ipv6: announced(&args, |ip| ip.is_ipv6()),
                 cert_name: derp.cert_name_pin().map(str::to_string).unwrap_or_default(),
                 derp_port: i32::from(derp.local_addr().port()),
                 stun_port: stun
@@ -95,7 +100,11 @@ pub async fn run(args: DerpArgs) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(&map)?;
     println!("{json}");
     if let Some(path) = &args.write_map {
-        std::fs::write(path, &json).with_context(|| format!("cannot write {}", path.display()))?;
+        // Atomically: whoever waits for the file (a script, a test) never reads half of it.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &json)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     tracing::info!(addr = %derp.local_addr(), "standalone DERP relay running; pass the map above to `control serve --derp-map`");
     crate::wait_for_signal().await;
@@ -104,6 +113,16 @@ pub async fn run(args: DerpArgs) -> anyhow::Result<()> {
         s.shutdown().await;
     }
     Ok(())
+}
+
+/// The address of one family to put in the map's `IPv4`/`IPv6` field ("" when unknown).
+fn announced(args: &DerpArgs, family: impl Fn(&std::net::IpAddr) -> bool) -> String {
+    let from_host = args.hostname.parse::<std::net::IpAddr>().ok();
+    let from_listen = Some(args.listen.ip()).filter(|ip| !ip.is_unspecified());
+    from_host
+        .or(from_listen)
+        .filter(|ip| family(ip))
+        .map_or_else(String::new, |ip| ip.to_string())
 }
 
 /// The relay's identity key, created once (0600, written atomically).

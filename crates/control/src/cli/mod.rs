@@ -88,8 +88,16 @@ impl Target {
                 db.display()
             )
         })?;
-        let tailnet = Tailnet::load(Box::new(store), settings.tailnet)
+        let mut tailnet = Tailnet::load(Box::new(store), settings.tailnet)
             .with_context(|| format!("cannot load the tailnet from {}", db.display()))?;
+        // Who is online (and so which subnet router is primary) is known only to the running
+        // server, which publishes it next to the database; replay it so `routes list` and
+        // `nodes list` agree with the server.
+        if let Some(online) = control::api::presence::read(&db, chrono::Utc::now()) {
+            for id in online {
+                tailnet.session_started(id);
+            }
+        }
         Ok(Backend::Local {
             tailnet: Box::new(tailnet),
             db,

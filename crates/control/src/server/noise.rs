@@ -13,6 +13,11 @@ use proto::noise::EarlyPayload;
 
 use super::Shared;
 
+/// How often an idle Noise connection is pinged (HTTP/2 PING).
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+/// A connection whose PING is not acknowledged within this is closed, ending its map session.
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The oldest client capability version we serve (Tailscale v1.50-era clients and newer).
 pub const MIN_CAPABILITY_VERSION: u16 = 68;
 
@@ -109,7 +114,12 @@ where
     let service = hyper_util::service::TowerToHyperService::new(app);
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(1000)
-        .keep_alive_interval(None)
+        // HTTP/2 PINGs find clients that vanished without closing their TCP connection (a cut
+        // link, a NAT that dropped its state): without them a map session to a dead node would
+        // stay "online", and its subnet routes primary, until the kernel gave up on the socket.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         result = served => {

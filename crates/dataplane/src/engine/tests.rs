@@ -412,3 +412,119 @@ fn debug_output_hides_the_private_key() {
     assert!(!dbg.contains(secret_hex.trim_start_matches("privkey:")));
     assert!(dbg.contains("nodekey:"));
 }
+
+/// A (the laptop) and B (a subnet router or exit node): B serves `b_local` with `b_filter`; A
+/// routes `a_routes_to_b` (B's AllowedIPs as A configured them) to B.
+fn router_pair(b_local: Vec<IpNet>, b_filter: Vec<FilterRule>, a_routes_to_b: &[&str]) -> Pair {
+    let mut p = Pair::new(vec![FilterRule::allow_all()]);
+    let ca = config(
+        A_IP,
+        p.b.node_key(),
+        a_routes_to_b,
+        vec![FilterRule::allow_all()],
+    );
+    p.a.set_config(ca, p.now);
+    let mut cb = config(B_IP, p.a.node_key(), &["100.64.0.1/32"], b_filter);
+    cb.local_routes = b_local;
+    p.b.set_config(cb, p.now);
+    p
+}
+
+fn rule(src: &str, dst: &str, ports: PortRange) -> FilterRule {
+    FilterRule {
+        src_ips: vec![src.to_string()],
+        dst_ports: vec![NetPortRange {
+            ip: dst.to_string(),
+            ports,
+        }],
+        ip_proto: Vec::new(),
+        cap_grant: Vec::new(),
+    }
+}
+
+#[test]
+fn subnet_router_forwards_what_the_filter_allows() {
+    const LEGACY: &str = "192.168.1.50";
+    let web_only = rule(A_IP, "192.168.1.0/24", PortRange::single(80));
+    let mut p = router_pair(
+        vec![net("192.168.1.0/24")],
+        vec![web_only],
+        &["100.64.0.2/32", "192.168.1.0/24"],
+    );
+    assert_eq!(p.a.route(ip(LEGACY)), Some(p.b.node_key()));
+    let web = build::tcp(ip(A_IP), ip(LEGACY), 40000, 80, 0x02);
+    let ssh = build::tcp(ip(A_IP), ip(LEGACY), 40001, 22, 0x02);
+    let elsewhere = build::tcp(ip(A_IP), ip("10.9.9.9"), 40002, 80, 0x02);
+    p.a.handle_tun_packet(&web, p.now).unwrap();
+    p.a.handle_tun_packet(&ssh, p.now).unwrap();
+    // A has no route for 10.9.9.9: never leaves A.
+    assert!(p.a.handle_tun_packet(&elsewhere, p.now).is_err());
+    p.shuttle();
+    // The router writes the forwarded packet to its TUN unchanged; the kernel forwards it.
+    assert_eq!(drain(&mut p.b), vec![web]);
+    assert_eq!(p.b.drops().get(DropReason::FilterDenied), 1);
+
+    // The legacy host's answer comes back in through B's TUN with a non-tailnet source and is
+    // routed to A by destination; A accepts it because 192.168.1.0/24 is in B's AllowedIPs.
+    let answer = build::tcp(ip(LEGACY), ip(A_IP), 80, 40000, 0x12);
+    p.b.handle_tun_packet(&answer, p.now).unwrap();
+    p.shuttle();
+    assert_eq!(drain(&mut p.a), vec![answer]);
+    assert_eq!(p.a.drops().total(), 1, "{:?}", p.a.drops()); // the no-route above
+}
+
+#[test]
+fn router_drops_destinations_it_does_not_serve() {
+    let mut p = router_pair(
+        vec![net("192.168.1.0/24")],
+        vec![FilterRule::allow_all()],
+        &["100.64.0.2/32", "192.168.1.0/24", "10.0.0.0/8"],
+    );
+    p.a.handle_tun_packet(&build::tcp(ip(A_IP), ip("10.1.1.1"), 1, 80, 0x02), p.now)
+        .unwrap();
+    p.shuttle();
+    assert!(drain(&mut p.b).is_empty());
+    assert_eq!(p.b.drops().get(DropReason::NotLocal), 1);
+}
+
+#[test]
+fn without_accepted_routes_subnet_sources_are_refused() {
+    // A did not accept B's subnet route: B's forwarded answer fails A's source check.
+    let mut p = router_pair(
+        vec![net("192.168.1.0/24")],
+        vec![FilterRule::allow_all()],
+        &["100.64.0.2/32"],
+    );
+    assert_eq!(p.a.route(ip("192.168.1.50")), None);
+    let spoof = build::udp(ip("192.168.1.50"), ip(A_IP), 53, 5353, b"x");
+    p.b.handle_tun_packet(&spoof, p.now).unwrap();
+    p.shuttle();
+    assert!(drain(&mut p.a).is_empty());
+    assert_eq!(p.a.drops().get(DropReason::SourceNotAllowed), 1);
+}
+
+#[test]
+fn exit_node_forwards_internet_traffic_and_routes_replies_back() {
+    let internet = "198.51.100.7";
+    let local =
+        crate::wgcfg::local_routes(&[], true, &[net("203.0.113.0/24")], &[ip("203.0.113.2")]);
+    let mut p = router_pair(
+        local,
+        vec![FilterRule::allow_all()],
+        &["100.64.0.2/32", "0.0.0.0/0", "::/0"],
+    );
+    let out = build::udp(ip(A_IP), ip(internet), 5000, 443, b"hello");
+    let lan = build::udp(ip(A_IP), ip("203.0.113.1"), 5000, 443, b"lan");
+    let private = build::udp(ip(A_IP), ip("192.168.0.1"), 5000, 443, b"rfc1918");
+    for pkt in [&out, &lan, &private] {
+        p.a.handle_tun_packet(pkt, p.now).unwrap();
+    }
+    p.shuttle();
+    assert_eq!(drain(&mut p.b), vec![out]);
+    assert_eq!(p.b.drops().get(DropReason::NotLocal), 2);
+    // The reply (after the kernel undid the masquerade) reaches A from an internet source.
+    let reply = build::udp(ip(internet), ip(A_IP), 443, 5000, b"world");
+    p.b.handle_tun_packet(&reply, p.now).unwrap();
+    p.shuttle();
+    assert_eq!(drain(&mut p.a), vec![reply]);
+}

@@ -27,6 +27,7 @@ use proto::tailcfg::FilterRule;
 
 pub use flows::{FLOW_IDLE_TIMEOUT, FlowKey, FlowTable, MAX_FLOWS};
 pub use rules::RuleError;
+pub(crate) use rules::range_to_prefixes;
 
 use crate::DropReason;
 use crate::packet::{PacketInfo, Transport};

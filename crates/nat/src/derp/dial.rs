@@ -195,6 +195,41 @@ fn parse_url(url: &str) -> Option<ParsedUrl> {
     })
 }
 
+/// A function run on every DERP client socket before it connects, e.g. to set `SO_MARK` so the
+/// agent's policy routing keeps relay traffic out of its own tunnel. This crate has no syscall
+/// dependency of its own; the caller brings one.
+pub type SocketHook = fn(&tokio::net::TcpSocket) -> io::Result<()>;
+
+/// The process-wide [`SocketHook`]; set once by the agent at start.
+static SOCKET_HOOK: std::sync::OnceLock<SocketHook> = std::sync::OnceLock::new();
+
+/// Installs the hook run on every DERP client socket from now on. Only the first call takes
+/// effect (returns `false` afterwards): the mark is a property of the process.
+pub fn set_socket_hook(hook: SocketHook) -> bool {
+    SOCKET_HOOK.set(hook).is_ok()
+}
+
+/// Connects to the first address that answers, running the socket hook on each socket.
+async fn connect_tcp(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name has no addresses");
+    for addr in addrs {
+        let sock = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }?;
+        if let Some(hook) = SOCKET_HOOK.get()
+            && let Err(e) = hook(&sock)
+        {
+            tracing::debug!(error = %e, "DERP socket hook failed; connecting anyway");
+        }
+        match sock.connect(*addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Dials `opts.url`, upgrades to DERP and completes the handshake as `config.private_key`.
 pub async fn connect(
     opts: &DialOptions,
@@ -217,8 +252,11 @@ async fn connect_inner(
         source,
     };
     let tcp = match opts.connect_to {
-        Some(addr) => TcpStream::connect(addr).await,
-        None => TcpStream::connect((parsed.host.as_str(), parsed.port)).await,
+        Some(addr) => connect_tcp(&[addr]).await,
+        None => match tokio::net::lookup_host((parsed.host.as_str(), parsed.port)).await {
+            Ok(addrs) => connect_tcp(&addrs.collect::<Vec<_>>()).await,
+            Err(e) => Err(e),
+        },
     }
     .map_err(io_err)?;
     tcp.set_nodelay(true).map_err(io_err)?;

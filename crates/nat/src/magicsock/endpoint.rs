@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use proto::disco::TxId;
 use proto::keys::DiscoPublic;
 
+use super::sweep::SweepState;
 use super::{DISCO_PING_INTERVAL, PONG_HISTORY, SESSION_ACTIVE_TIMEOUT};
 
 /// A UDP path and its most recent round-trip time.
@@ -112,6 +113,9 @@ pub(crate) struct EndpointState {
     pub last_ping: Option<Instant>,
     /// The last [`PONG_HISTORY`] Pong results.
     pub pongs: VecDeque<PongReply>,
+    /// Found by a port sweep (a Pong to the sweep's Ping came from here), or last answered a
+    /// Ping since: such an address is kept while it keeps answering.
+    pub swept: Option<Instant>,
 }
 
 impl EndpointState {
@@ -119,6 +123,12 @@ impl EndpointState {
     /// last Ping from them.
     pub fn should_delete(&self, now: Instant) -> bool {
         if self.in_netmap || self.call_me_maybe {
+            return false;
+        }
+        if self
+            .swept
+            .is_some_and(|t| now.saturating_duration_since(t) <= SESSION_ACTIVE_TIMEOUT)
+        {
             return false;
         }
         match self.last_got_ping {
@@ -194,6 +204,10 @@ pub(crate) struct Peer {
     pub sent: BTreeMap<[u8; 12], SentPing>,
     /// Open `agent ping` requests and how many of their Pings are still outstanding.
     pub cli: BTreeMap<[u8; 12], usize>,
+    /// The peer's NAT maps each destination to a new port (`NetInfo.MappingVariesByDestIP`).
+    pub mapping_varies: bool,
+    /// Port guessing towards this peer (running sweep, schedule, back-off).
+    pub sweep: SweepState,
 }
 
 impl Peer {
@@ -211,6 +225,8 @@ impl Peer {
             next_heartbeat: None,
             sent: BTreeMap::new(),
             cli: BTreeMap::new(),
+            mapping_varies: false,
+            sweep: SweepState::default(),
         }
     }
 
@@ -234,8 +250,43 @@ impl Peer {
         now.saturating_duration_since(last_full) >= super::UPGRADE_UDP_DIRECT_INTERVAL
     }
 
+    /// Whether we sent the peer traffic (or an `agent ping`) in the last 45 s.
+    pub fn is_active(&self, now: Instant) -> bool {
+        self.last_send
+            .is_some_and(|t| now.saturating_duration_since(t) <= SESSION_ACTIVE_TIMEOUT)
+    }
+
     /// The region to reach this peer over DERP: its home, else where we last heard from it.
     pub fn derp_region(&self) -> Option<u16> {
         self.home_derp.or(self.last_derp_region)
     }
+}
+
+/// The canonical form of a UDP address: an IPv4-mapped IPv6 address (`[::ffff:a.b.c.d]:p`, as a
+/// dual-stack socket reports IPv4 peers) becomes plain IPv4, so one path has one key.
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// An IPv4 address that may be a NAT's public side: not private, loopback, link-local, CGNAT
+/// (100.64.0.0/10, also the tailnet's own range), multicast, broadcast or reserved.
+/// Documentation ranges count as public (the NAT lab uses them for its "internet").
+pub(crate) fn is_public_v4(ip: std::net::Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    let cgnat = a == 100 && (b & 0xc0) == 64;
+    !(ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || cgnat
+        || a == 0
+        || a >= 240)
 }

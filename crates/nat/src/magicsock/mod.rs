@@ -6,8 +6,9 @@
 //! WireGuard can be attributed.
 //!
 //! Sans-IO. Inputs:
-//! - [`PathManager::set_peers`] from every netmap, [`PathManager::set_local_endpoints`] after
-//!   every STUN report, [`PathManager::set_home_derp`] when our home region changes;
+//! - [`PathManager::set_peers`] from every netmap, [`PathManager::set_local_endpoints`] and
+//!   [`PathManager::set_local_nat_hard`] after every STUN report, [`PathManager::set_home_derp`]
+//!   when our home region changes, [`PathManager::network_changed`] on a major link change;
 //! - [`PathManager::send_path`] before sending each WireGuard packet (this is also the activity
 //!   signal that starts discovery and heartbeats);
 //! - [`PathManager::handle_disco`] with every datagram [`proto::disco::classify`] calls disco
@@ -16,8 +17,17 @@
 //! - [`PathManager::ping`] for `agent ping`.
 //!
 //! After each input, drain [`PathManager::poll_transmit`] (send each [`DiscoTransmit`] over the
-//! agent's UDP socket or as a DERP SendPacket on the region's connection), then
+//! agent's UDP socket or as a DERP SendPacket on the region's connection) and
+//! [`PathManager::poll_sweep`] (a [`SweepChunk`]: one payload to a range of ports), then
 //! [`PathManager::poll_event`], then re-read [`PathManager::poll_timeout`].
+//!
+//! Hard NAT: when we are behind an endpoint-independent mapping and the peer's mapping varies by
+//! destination, plain punching cannot work (the peer's port towards us is unknown and our filter
+//! drops it); a paced port sweep of the peer's public IPv4 finds it (see `sweep.rs`). Both sides
+//! hard stays on DERP.
+//!
+//! Addresses are canonical: IPv4-mapped IPv6 (from a dual-stack socket) is treated as IPv4
+//! everywhere, and IPv4 destinations are emitted as plain IPv4 (a dual-stack driver maps them).
 //!
 //! Timing (Tailscale v1.90 constants): heartbeat Pings every 3 s on the best path while the
 //! peer had outbound traffic in the last 45 s; a best path is trusted for 6.5 s after its last
@@ -27,12 +37,21 @@
 
 mod endpoint;
 #[cfg(test)]
+mod nat_tests;
+mod sweep;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+pub use endpoint::canonical_addr;
+pub use sweep::{
+    MAX_FAILED_SWEEPS, SWEEP_BACKOFF, SWEEP_CHUNK, SWEEP_CHUNK_INTERVAL, SWEEP_DELAY,
+    SWEEP_FIRST_PORT, SweepChunk,
+};
 
 use proto::disco::{self, CallMeMaybe, DERP_MAGIC_IP, DiscoError, Message, Ping, Pong, TxId};
 use proto::keys::{DiscoPrivate, DiscoPublic, NodePublic};
@@ -73,6 +92,10 @@ pub struct PeerInfo {
     pub endpoints: Vec<SocketAddr>,
     /// The peer's home DERP region (`Node.HomeDERP`).
     pub home_derp: Option<u16>,
+    /// The peer's NAT maps each destination to a new port
+    /// (`Hostinfo.NetInfo.MappingVariesByDestIP == Some(true)`): plain hole punching towards it
+    /// fails, and port guessing is tried when we are behind an easy NAT.
+    pub mapping_varies: bool,
 }
 
 /// Where a disco packet came from.
@@ -179,6 +202,13 @@ pub enum PathEvent {
         /// The id [`PathManager::ping`] returned.
         id: TxId,
     },
+    /// A trusted direct path to `peer` stopped answering (its trust lapsed without Pongs).
+    /// Comes right after [`PathEvent::FellBackToDerp`]. Our NAT state may have been flushed or
+    /// our address changed: re-STUN now rather than at the next periodic report.
+    DirectPathLost {
+        /// The peer.
+        peer: NodePublic,
+    },
 }
 
 /// Why [`PathManager::handle_disco`] dropped a packet. Dropping is always silent on the wire;
@@ -218,9 +248,16 @@ struct Shared {
     disco: DiscoPrivate,
     rng: StdRng,
     local_endpoints: Vec<SocketAddr>,
+    /// Whether our NAT's mapping varies by destination: `None` until told (no port guessing).
+    local_nat_hard: Option<bool>,
+    /// Our endpoints changed: tell active peers (CallMeMaybe) at the next timer.
+    endpoints_changed: bool,
+    /// The latest `now` any input carried, to fire "as soon as possible" timers.
+    last_now: Option<Instant>,
     home_derp: Option<u16>,
     by_addr: BTreeMap<SocketAddr, NodePublic>,
     transmits: VecDeque<DiscoTransmit>,
+    sweeps: VecDeque<SweepChunk>,
     events: VecDeque<PathEvent>,
 }
 
@@ -268,9 +305,13 @@ impl PathManager {
                 disco,
                 rng: StdRng::from_seed(rng_seed),
                 local_endpoints: Vec::new(),
+                local_nat_hard: None,
+                endpoints_changed: false,
+                last_now: None,
                 home_derp: None,
                 by_addr: BTreeMap::new(),
                 transmits: VecDeque::new(),
+                sweeps: VecDeque::new(),
                 events: VecDeque::new(),
             },
         }
@@ -285,6 +326,7 @@ impl PathManager {
     /// changed has its path state reset (it restarted); endpoints no longer listed are dropped
     /// unless learned from recent Pings or a CallMeMaybe.
     pub fn set_peers(&mut self, peers: Vec<PeerInfo>, now: Instant) {
+        self.sh.last_now = Some(now);
         let mut old = std::mem::take(&mut self.peers);
         for info in peers {
             let key = info.node_key;
@@ -299,10 +341,16 @@ impl PathManager {
                 }
                 None => Peer::new(info.disco_key, info.home_derp),
             };
+            if peer.mapping_varies != info.mapping_varies {
+                // A different NAT kind on the peer: earlier sweep outcomes say nothing now.
+                peer.sweep = sweep::SweepState::default();
+            }
+            peer.mapping_varies = info.mapping_varies;
             for st in peer.endpoints.values_mut() {
                 st.in_netmap = false;
             }
             for ep in info.endpoints {
+                let ep = canonical_addr(ep);
                 if ep.port() == 0 || ep.ip().is_unspecified() {
                     continue;
                 }
@@ -315,9 +363,53 @@ impl PathManager {
         self.by_disco = self.peers.iter().map(|(k, p)| (p.disco_key, *k)).collect();
     }
 
-    /// Our own endpoints (local interfaces and STUN results), sent in CallMeMaybe.
+    /// Our own endpoints (local interfaces and STUN results), sent in CallMeMaybe. When the set
+    /// differs from the previous one (roaming, NAT rebinding, a new port mapping), every peer
+    /// with traffic in the last 45 s gets a discovery round with a CallMeMaybe at the next
+    /// [`Self::handle_timeout`] ([`Self::poll_timeout`] asks for it at once), so it re-punches
+    /// towards our new address instead of waiting for its heartbeat to fail.
     pub fn set_local_endpoints(&mut self, endpoints: Vec<SocketAddr>) {
+        let set = |v: &[SocketAddr]| {
+            let mut v: Vec<SocketAddr> = v.iter().map(|a| canonical_addr(*a)).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        if set(&endpoints) != set(&self.sh.local_endpoints) {
+            self.sh.endpoints_changed = true;
+        }
         self.sh.local_endpoints = endpoints;
+    }
+
+    /// Whether our own NAT maps each destination to a new port: the STUN report's
+    /// `mapping_varies_by_dest_ip` (pass `Some(true)`/`Some(false)` as `true`/`false`). Until
+    /// this is called with `false` we do not guess ports: from behind a hard NAT a sweep cannot
+    /// work (hard–hard stays on DERP), and an unknown NAT is treated the same way.
+    pub fn set_local_nat_hard(&mut self, hard: bool) {
+        self.sh.local_nat_hard = Some(hard);
+        if hard {
+            for p in self.peers.values_mut() {
+                p.sweep.running = None;
+                p.sweep.due = None;
+            }
+        }
+    }
+
+    /// A major network change (reference §4.7: new interface or address, default route change,
+    /// wake from sleep): every peer's best address, trust, probe history and port-sweep state is
+    /// forgotten (traffic goes via DERP until re-proven) and discovery restarts with the next
+    /// [`Self::send_path`]. Call after rebinding the UDP socket, together with a re-STUN.
+    pub fn network_changed(&mut self, now: Instant) {
+        self.sh.last_now = Some(now);
+        for (key, p) in self.peers.iter_mut() {
+            reset_peer(*key, p, &mut self.sh);
+        }
+    }
+
+    /// The next paced slice of a port sweep to send (see [`SweepChunk`]). Drain it with
+    /// [`Self::poll_transmit`] after every input.
+    pub fn poll_sweep(&mut self) -> Option<SweepChunk> {
+        self.sh.sweeps.pop_front()
     }
 
     /// Our home DERP region. Used as the last-resort route to a peer with no known home region
@@ -331,6 +423,7 @@ impl PathManager {
     /// records activity, which starts heartbeats, and kicks off discovery when the path is not a
     /// trusted direct one.
     pub fn send_path(&mut self, peer: &NodePublic, now: Instant) -> SendPath {
+        self.sh.last_now = Some(now);
         let Some(p) = self.peers.get_mut(peer) else {
             return SendPath::default();
         };
@@ -355,7 +448,7 @@ impl PathManager {
     /// The node key that owns UDP address `addr` (bound when it pinged us or ponged our Ping),
     /// for attributing inbound WireGuard packets.
     pub fn peer_for_addr(&self, addr: SocketAddr) -> Option<NodePublic> {
-        self.sh.by_addr.get(&addr).copied()
+        self.sh.by_addr.get(&canonical_addr(addr)).copied()
     }
 
     /// The candidate endpoints of `peer` with their last measured latency, for debug output.
@@ -390,6 +483,7 @@ impl PathManager {
     /// [`PathEvent::PingResult`] with the returned id, or [`PathEvent::PingTimedOut`] after 5 s.
     /// `None` if the peer is unknown or has no path at all.
     pub fn ping(&mut self, peer: &NodePublic, now: Instant) -> Option<TxId> {
+        self.sh.last_now = Some(now);
         let key = *peer;
         let p = self.peers.get_mut(peer)?;
         check_trust(key, p, &mut self.sh, now);
@@ -422,6 +516,11 @@ impl PathManager {
         packet: &[u8],
         now: Instant,
     ) -> Result<(), Ignored> {
+        self.sh.last_now = Some(now);
+        let source = match source {
+            Source::Udp(addr) => Source::Udp(canonical_addr(addr)),
+            derp => derp,
+        };
         let sender = disco::sender_key(packet).ok_or(Ignored::NotDisco)?;
         let mut key = match source {
             Source::Derp { node_key, .. } => {
@@ -474,12 +573,23 @@ impl PathManager {
     /// Runs due timers: forgets unanswered Pings, notices lapsed trust, sends heartbeats and
     /// discovery rounds.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.sh.last_now = Some(now);
+        let endpoints_changed = std::mem::take(&mut self.sh.endpoints_changed);
         for (key, p) in self.peers.iter_mut() {
             expire_pings(*key, p, &mut self.sh, now);
             check_trust(*key, p, &mut self.sh, now);
+            if endpoints_changed && p.is_active(now) {
+                // Tell the peer where we are now, and open our side towards it again.
+                for st in p.endpoints.values_mut() {
+                    st.last_ping = None;
+                }
+                send_disco_pings(*key, p, &mut self.sh, now, false);
+                send_call_me_maybe(*key, p, &mut self.sh, now);
+            }
             if p.next_heartbeat.is_some_and(|t| t <= now) {
                 heartbeat(*key, p, &mut self.sh, now);
             }
+            sweep::on_timeout(*key, p, &mut self.sh, now);
         }
     }
 
@@ -487,7 +597,15 @@ impl PathManager {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        if self.sh.endpoints_changed
+            && let Some(t) = self.sh.last_now
+        {
+            consider(t);
+        }
         for p in self.peers.values() {
+            if let Some(t) = sweep::next_timeout(p) {
+                consider(t);
+            }
             if let Some(t) = p.next_heartbeat {
                 consider(t);
             }
@@ -533,6 +651,7 @@ fn reset_peer(key: NodePublic, p: &mut Peer, sh: &mut Shared) {
         st.last_ping = None;
         st.pongs.clear();
     }
+    p.sweep = sweep::SweepState::default();
 }
 
 fn clear_best(key: NodePublic, p: &mut Peer, sh: &mut Shared) {
@@ -564,6 +683,7 @@ fn check_trust(key: NodePublic, p: &mut Peer, sh: &mut Shared, now: Instant) {
     if p.best.is_some() && !p.fell_back && !p.trusted(now) {
         p.fell_back = true;
         sh.events.push_back(PathEvent::FellBackToDerp { peer: key });
+        sh.events.push_back(PathEvent::DirectPathLost { peer: key });
     }
 }
 
@@ -643,19 +763,27 @@ fn send_disco_pings(key: NodePublic, p: &mut Peer, sh: &mut Shared, now: Instant
     if due.is_empty() || !cmm {
         return;
     }
-    if let Some(region) = p.home_derp {
-        let msg = Message::CallMeMaybe(CallMeMaybe {
-            endpoints: sh.local_endpoints.clone(),
-        });
-        sh.send(
-            &p.disco_key,
-            Dest::Derp {
-                region,
-                node_key: key,
-            },
-            &msg,
-        );
-    }
+    send_call_me_maybe(key, p, sh, now);
+}
+
+/// Sends CallMeMaybe with all our endpoints via the peer's home region, and plans a port sweep
+/// if the peer is behind a hard NAT (it will now ping us, creating the mapping we guess).
+fn send_call_me_maybe(key: NodePublic, p: &mut Peer, sh: &mut Shared, now: Instant) {
+    let Some(region) = p.home_derp else {
+        return;
+    };
+    let msg = Message::CallMeMaybe(CallMeMaybe {
+        endpoints: sh.local_endpoints.clone(),
+    });
+    sh.send(
+        &p.disco_key,
+        Dest::Derp {
+            region,
+            node_key: key,
+        },
+        &msg,
+    );
+    sweep::maybe_schedule(p, sh, now);
 }
 
 /// Go `heartbeat`: while the peer is active, ping the best path every 3 s and run a full round
@@ -765,7 +893,9 @@ fn handle_pong(
     pong: Pong,
     now: Instant,
 ) -> Result<(), Ignored> {
-    let sent = p.sent.remove(&pong.tx_id.0).ok_or(Ignored::UnknownTxId)?;
+    let Some(sent) = p.sent.remove(&pong.tx_id.0) else {
+        return sweep::handle_pong(key, p, sh, source, pong.tx_id.0, now);
+    };
     let latency = now.saturating_duration_since(sent.at);
     if let Some(id) = sent.cli
         && p.cli.remove(&id).is_some()
@@ -795,10 +925,17 @@ fn handle_pong(
         at: now,
         pong_src: pong.src,
     });
+    if st.swept.is_some() {
+        st.swept = Some(now);
+    }
     sh.by_addr.insert(from, key);
     let this = AddrQuality { addr, latency };
     let mut announced = false;
-    if better_addr(&this, p.best.as_ref()) {
+    // A best path whose trust lapsed is not answering: any candidate that does answer takes
+    // over (otherwise an equally good new address, e.g. after the peer roamed, would never
+    // replace the dead one).
+    let best_dead = p.best.is_some_and(|b| b.addr != addr) && !p.trusted(now);
+    if best_dead || better_addr(&this, p.best.as_ref()) {
         p.best = Some(this);
         announced = true;
         sh.events.push_back(PathEvent::BestAddrChanged {
@@ -833,19 +970,36 @@ fn handle_call_me_maybe(
     cmm: CallMeMaybe,
     now: Instant,
 ) {
+    let best_was_announced = p
+        .best
+        .and_then(|b| p.endpoints.get(&b.addr))
+        .is_some_and(|st| st.call_me_maybe);
     for st in p.endpoints.values_mut() {
         st.call_me_maybe = false;
     }
     for ep in cmm.endpoints {
+        let ep = canonical_addr(ep);
         let link_local_v6 = ep.is_ipv6() && endpoint::is_link_local_unicast(ep.ip());
         if link_local_v6 || ep.port() == 0 || ep.ip().is_unspecified() {
             continue;
         }
         p.endpoints.entry(ep).or_default().call_me_maybe = true;
     }
+    // The peer no longer lists the address we use (it roamed): stop sending into the void and
+    // let the Pings below find where it is now.
+    if best_was_announced
+        && let Some(best) = p.best
+        && p.endpoints
+            .get(&best.addr)
+            .is_some_and(|st| !st.call_me_maybe && !st.in_netmap)
+    {
+        clear_best(key, p, sh);
+    }
     prune_endpoints(key, p, sh, now);
     for st in p.endpoints.values_mut() {
         st.last_ping = None;
     }
     send_disco_pings(key, p, sh, now, false);
+    // The peer pings our endpoints now; if it is behind a hard NAT, guess its port.
+    sweep::maybe_schedule(p, sh, now);
 }

@@ -94,6 +94,7 @@ impl Net {
             disco_key: self.nodes[i].disco.public(),
             endpoints,
             home_derp: Some(REGION),
+            mapping_varies: false,
         }
     }
 
@@ -725,4 +726,190 @@ mod prop {
             prop_assert!(pm.poll_transmit().is_none());
         }
     }
+}
+
+#[test]
+fn lost_direct_path_is_reported_once_for_a_re_stun() {
+    let mut net = Net::new();
+    net.run_for(Duration::from_secs(10));
+    assert!(net.is_direct(0));
+    net.udp_blocked = true;
+    net.run_for(Duration::from_secs(30));
+    let b = net.key(1);
+    let lost: Vec<usize> = net.nodes[0]
+        .events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| **e == PathEvent::DirectPathLost { peer: b })
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(lost.len(), 1, "{:?}", net.nodes[0].events);
+    // It follows the fallback notice.
+    assert_eq!(
+        net.nodes[0].events[lost[0] - 1],
+        PathEvent::FellBackToDerp { peer: b }
+    );
+}
+
+#[test]
+fn network_change_forgets_paths_and_rediscovers() {
+    let mut net = Net::new();
+    net.run_for(Duration::from_secs(10));
+    assert!(net.is_direct(0));
+    let b = net.key(1);
+    net.nodes[0].events.clear();
+    let now = net.now;
+    net.nodes[0].pm.network_changed(now);
+    assert_eq!(net.path(0), PathStatus::Relay(REGION));
+    assert!(
+        net.nodes[0]
+            .pm
+            .candidates(&b)
+            .iter()
+            .all(|(_, latency)| latency.is_none())
+    );
+    assert_eq!(
+        net.nodes[0].pm.poll_event(),
+        Some(PathEvent::FellBackToDerp { peer: b })
+    );
+    // A network change is not a lost path to re-STUN for: the agent already knows.
+    assert_eq!(net.nodes[0].pm.poll_event(), None);
+    // The next packet goes via DERP and starts a discovery round with a CallMeMaybe.
+    let cmm_before = net.cmm_delivered[1];
+    let sp = net.send_path(0);
+    assert_eq!(sp.derp, Some(REGION));
+    net.run_for(Duration::from_secs(2));
+    assert!(net.cmm_delivered[1] > cmm_before);
+    assert!(net.is_direct(0) && net.is_direct(1));
+}
+
+#[test]
+fn new_local_endpoints_are_announced_to_active_peers() {
+    let mut net = Net::new();
+    net.run_for(Duration::from_secs(10));
+    assert!(net.is_direct(0) && net.is_direct(1));
+    // The same set in another order is no change.
+    let a_addr = net.nodes[0].addr;
+    let extra: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    net.nodes[0].pm.set_local_endpoints(vec![a_addr]);
+    let now = net.now;
+    assert!(net.nodes[0].pm.poll_timeout().is_none_or(|t| t > now));
+    // A new endpoint is a change (one CallMeMaybe); the same set reordered is not.
+    let cmm_before = net.cmm_delivered[1];
+    net.nodes[0].pm.set_local_endpoints(vec![extra, a_addr]);
+    net.run_for(Duration::from_secs(1));
+    net.nodes[0].pm.set_local_endpoints(vec![a_addr, extra]);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.cmm_delivered[1], cmm_before + 1);
+    let cmm_before = net.cmm_delivered[1];
+
+    // A roams: new address. B must not wait for its path to A to time out.
+    let new_addr: SocketAddr = "127.0.0.11:41641".parse().unwrap();
+    net.nodes[0].addr = new_addr;
+    net.nodes[0].pm.set_local_endpoints(vec![new_addr]);
+    let now = net.now;
+    // Due at once.
+    assert!(net.nodes[0].pm.poll_timeout().is_some_and(|t| t <= now));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.cmm_delivered[1], cmm_before + 1);
+    assert!(
+        matches!(net.path(1), PathStatus::Direct(a, _) if a == new_addr),
+        "{:?}",
+        net.path(1)
+    );
+    assert!(net.is_direct(0));
+}
+
+/// Answers every UDP Ping `from` sent to B's `reply_from` address with a Pong from B after
+/// `rtt`, delivered with `source` (as a dual-stack socket would report it).
+fn pong_back(
+    net: &mut Net,
+    pings: &[DiscoTransmit],
+    to: SocketAddr,
+    source: SocketAddr,
+    rtt: Duration,
+) {
+    let mut rng = StdRng::from_seed([3; 32]);
+    let a_disco = net.nodes[0].disco.public();
+    for t in pings {
+        if t.dest != Dest::Udp(to) {
+            continue;
+        }
+        let (_, Message::Ping(ping)) = disco::open(&net.nodes[1].disco, &t.payload).unwrap() else {
+            panic!("not a ping");
+        };
+        let pong = Message::Pong(disco::Pong {
+            tx_id: ping.tx_id,
+            src: "198.51.100.1:41641".parse().unwrap(),
+        });
+        let pkt = disco::seal(&net.nodes[1].disco, &a_disco, &pong, &mut rng);
+        net.nodes[0]
+            .pm
+            .handle_disco(Source::Udp(source), &pkt, net.now + rtt)
+            .unwrap();
+    }
+}
+
+#[test]
+fn dual_stack_candidates_prefer_ipv6_and_canonicalise_v4_mapped() {
+    for (v4_rtt, v6_rtt, want_v6) in [(20, 20, true), (20, 21, true), (10, 30, false)] {
+        let mut net = Net::new();
+        let v4: SocketAddr = "198.51.100.2:41641".parse().unwrap();
+        let v4_mapped: SocketAddr = "[::ffff:198.51.100.2]:41641".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::2]:41641".parse().unwrap();
+        net.set_netmap(0, vec![v4_mapped, v6, v4]);
+        let b = net.key(1);
+        // The v4-mapped and plain forms are one candidate.
+        let cands: Vec<SocketAddr> = net.nodes[0]
+            .pm
+            .candidates(&b)
+            .iter()
+            .map(|(a, _)| *a)
+            .collect();
+        assert_eq!(cands, vec![v4, v6]);
+        let now = net.now;
+        net.nodes[0].pm.send_path(&b, now);
+        let mut sent = Vec::new();
+        while let Some(t) = net.nodes[0].pm.poll_transmit() {
+            sent.push(t);
+        }
+        // Both families are pinged.
+        assert!(sent.iter().any(|t| t.dest == Dest::Udp(v4)));
+        assert!(sent.iter().any(|t| t.dest == Dest::Udp(v6)));
+        // The IPv4 answer arrives first, reported in v4-mapped form by a dual-stack socket.
+        pong_back(
+            &mut net,
+            &sent,
+            v4,
+            v4_mapped,
+            Duration::from_millis(v4_rtt),
+        );
+        pong_back(&mut net, &sent, v6, v6, Duration::from_millis(v6_rtt));
+        let want = if want_v6 { v6 } else { v4 };
+        assert!(
+            matches!(net.path(0), PathStatus::Direct(a, _) if a == want),
+            "v4 {v4_rtt} ms, v6 {v6_rtt} ms: {:?}",
+            net.path(0)
+        );
+        assert_eq!(net.nodes[0].pm.peer_for_addr(v4_mapped), Some(b));
+        assert_eq!(net.nodes[0].pm.peer_for_addr(v4), Some(b));
+        assert_eq!(net.nodes[0].pm.peer_for_addr(v6), Some(b));
+    }
+}
+
+#[test]
+fn dead_best_path_is_replaced_by_an_equally_good_new_one() {
+    let mut net = Net::new();
+    net.run_for(Duration::from_secs(10));
+    assert!(net.is_direct(1));
+    // A moves without telling anyone itself; B only learns the new address from its netmap.
+    let new_addr: SocketAddr = "127.0.0.12:41641".parse().unwrap();
+    net.nodes[0].addr = new_addr;
+    net.set_netmap(1, vec![new_addr]);
+    net.run_for(Duration::from_secs(10));
+    assert!(
+        matches!(net.path(1), PathStatus::Direct(a, _) if a == new_addr),
+        "{:?}",
+        net.path(1)
+    );
 }
