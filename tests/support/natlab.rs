@@ -29,19 +29,20 @@
 //! test's run directory and are registered with the [`TestEnv`] so a failure prints their tails.
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use serde_json::Value;
 
 use crate::control::BASE_DOMAIN;
 use crate::netns::ip;
-use crate::{AuthKey, Check, Netns, Proc, Spawn, TestEnv, path_kind, peer, report, wait_until};
+use crate::topology::{PATH, python3, run_in};
+use crate::{
+    AuthKey, Check, Host, Netns, Proc, Spawn, TestEnv, path_kind, peer, report, wait_until,
+};
 
 /// The core router's address on the internet bridge (default gateway of every router).
 pub const CORE_IP: Ipv4Addr = Ipv4Addr::new(11, 0, 0, 254);
@@ -65,7 +66,6 @@ pub const LAB_AGENT_PORT: u16 = 41641;
 const TUN: &str = "agent0";
 
 /// PATH for everything started here (`ip`, `nft`, `conntrack` live in sbin).
-const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// How long a one-shot command may take.
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a server or daemon may take to become ready.
@@ -415,7 +415,16 @@ impl<'a> Lab<'a> {
         enable_forwarding(&router)?;
 
         let site = Site {
-            name: name.to_owned(),
+            node: Host {
+                name: name.to_owned(),
+                lan_ip: host_ip,
+                ns: Arc::clone(&host),
+                agent_bin: self.env.agent().ok().map(Path::to_path_buf),
+                socket: self.sockets.path().join(format!("{name}.sock")),
+                state_dir: dir.join("state"),
+                dir,
+                login_server: self.control_url.clone(),
+            },
             kind,
             host,
             router,
@@ -423,11 +432,6 @@ impl<'a> Lab<'a> {
             host_ip: Arc::new(std::sync::Mutex::new(host_ip)),
             router_lan,
             wan_ip,
-            agent_bin: self.env.agent().ok().map(Path::to_path_buf),
-            socket: self.sockets.path().join(format!("{name}.sock")),
-            state_dir: dir.join("state"),
-            dir,
-            login_server: self.control_url.clone(),
         };
         if kind == NatKind::PortMapped {
             self.start_miniupnpd(&site, k)?;
@@ -865,7 +869,9 @@ impl Drop for Lab<'_> {
 /// driven from threads; namespaces live until the [`Lab`] and every clone are gone.
 #[derive(Debug, Clone)]
 pub struct Site {
-    name: String,
+    /// The host behind the router: name, namespace, agent CLI helpers (shared with the plain
+    /// LAN's [`Host`], which `Site` derefs to).
+    node: Host,
     kind: NatKind,
     host: Arc<Netns>,
     /// The router the host is attached to (the home router when double).
@@ -875,26 +881,18 @@ pub struct Site {
     host_ip: Arc<std::sync::Mutex<Ipv4Addr>>,
     router_lan: Ipv4Addr,
     wan_ip: Ipv4Addr,
-    agent_bin: Option<PathBuf>,
-    socket: PathBuf,
-    state_dir: PathBuf,
-    dir: PathBuf,
-    login_server: String,
+}
+
+impl std::ops::Deref for Site {
+    type Target = Host;
+    fn deref(&self) -> &Host {
+        &self.node
+    }
 }
 
 impl Site {
-    /// The host (and tailnet) name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn kind(&self) -> NatKind {
         self.kind
-    }
-
-    /// The host's namespace.
-    pub fn netns(&self) -> &Netns {
-        &self.host
     }
 
     /// The router's namespace (the home router of a double NAT).
@@ -917,52 +915,9 @@ impl Site {
         }
     }
 
-    /// A scratch directory for this site inside the run directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The outermost router's WAN address on the internet bridge.
     pub fn wan_ip(&self) -> Ipv4Addr {
         self.wan_ip
-    }
-
-    fn agent_bin(&self) -> anyhow::Result<&Path> {
-        self.agent_bin
-            .as_deref()
-            .context("test did not declare Needs::agent")
-    }
-
-    /// Runs `spec` in the host namespace to completion (30 s bound).
-    pub fn exec(&self, spec: &Spawn) -> anyhow::Result<Output> {
-        run_in(&self.host, spec, CMD_TIMEOUT)
-    }
-
-    /// `agent <args> --socket <socket>` on the host.
-    pub fn agent(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let spec = Spawn::new(self.agent_bin()?)
-            .clear_env()
-            .env("PATH", PATH)
-            .env("NO_COLOR", "1")
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket);
-        self.exec(&spec)
-    }
-
-    /// Like [`Site::agent`], failing unless it exits 0; returns stdout.
-    pub fn agent_ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.agent(args)?;
-        ensure!(
-            out.status.success(),
-            "`agent {}` on {} failed ({}): {}{}",
-            args.join(" "),
-            self.name,
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `agent up` with the key (in the environment) against the lab's control server, then waits
@@ -1004,12 +959,6 @@ impl Site {
         Ok((status, t))
     }
 
-    /// `agent status --json`.
-    pub fn status(&self) -> anyhow::Result<Value> {
-        let out = self.agent_ok(&["status", "--json"])?;
-        serde_json::from_str(&out).with_context(|| format!("{}: status is not JSON", self.name))
-    }
-
     /// The tailnet IPv4 address.
     pub fn tailnet_ip(&self) -> anyhow::Result<Ipv4Addr> {
         let s = self.status()?;
@@ -1034,67 +983,6 @@ impl Site {
                 Check::NotYet(format!("peers {:?}", crate::peer_names(&s)))
             })
         })
-    }
-
-    /// One ICMP echo with a 1 s timeout.
-    pub fn ping_once(&self, ip: IpAddr) -> anyhow::Result<bool> {
-        let out = self.exec(&Spawn::new("ping").clear_env().env("PATH", PATH).args([
-            "-n",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            &ip.to_string(),
-        ]))?;
-        Ok(out.status.success())
-    }
-
-    /// Pings until answered; returns how long it took.
-    pub fn wait_ping(&self, ip: IpAddr, timeout: Duration) -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        wait_until(
-            &format!("{} to get an ICMP reply from {ip}", self.name),
-            timeout,
-            || {
-                Ok(if self.ping_once(ip)? {
-                    Check::Ready(t.elapsed())
-                } else {
-                    Check::NotYet("no reply".into())
-                })
-            },
-        )
-    }
-
-    /// One exchange with a [`Lab::start_tcp_echo`] server: returns its reply.
-    pub fn tcp_echo(
-        &self,
-        ip: IpAddr,
-        port: u16,
-        msg: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<String> {
-        let script = self.dir.join("tcp_client.py");
-        if !script.exists() {
-            std::fs::write(&script, TCP_CLIENT_PY)?;
-        }
-        let spec = Spawn::new(python3()?)
-            .clear_env()
-            .env("PATH", PATH)
-            .arg(&script)
-            .args([
-                ip.to_string(),
-                port.to_string(),
-                msg.to_owned(),
-                format!("{:.1}", timeout.as_secs_f64()),
-            ]);
-        let out = run_in(&self.host, &spec, timeout + Duration::from_secs(10))?;
-        ensure!(
-            out.status.success(),
-            "TCP {} -> {ip}:{port}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `agent netcheck --json`, parsed.
@@ -1388,59 +1276,6 @@ fn sh(ns: &Netns, script: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs `spec` in `ns` to completion, killing it after `timeout`.
-fn run_in(ns: &Netns, spec: &Spawn, timeout: Duration) -> anyhow::Result<Output> {
-    let mut child = spec
-        .command(ns)?
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", spec.program().display()))?;
-    let mut stdout = child.stdout.take().context("no stdout pipe")?;
-    let mut stderr = child.stderr.take().context("no stderr pipe")?;
-    let out_t = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "{} in {} did not finish within {} s",
-                spec.program().display(),
-                ns.name(),
-                timeout.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Ok(Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    })
-}
-
-fn python3() -> anyhow::Result<PathBuf> {
-    ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .context("python3 not found (needed for the TCP helpers)")
-}
-
 /// Answers each connection with `<tag> saw <peer ip>: <first line>`.
 const TCP_ECHO_PY: &str = r#"
 import socket, sys, threading
@@ -1463,25 +1298,6 @@ def serve(conn, peer):
 while True:
     conn, peer = srv.accept()
     threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
-"#;
-
-/// Connects, sends one line, prints the reply; exit 2 with the error on failure.
-const TCP_CLIENT_PY: &str = r#"
-import socket, sys
-addr, port, msg, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-try:
-    conn = socket.create_connection((addr, port), timeout=timeout)
-    conn.sendall(msg.encode() + b"\n")
-    reply = b""
-    while True:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        reply += chunk
-    sys.stdout.write(reply.decode())
-except OSError as e:
-    sys.stderr.write(f"{type(e).__name__}: {e}\n")
-    sys.exit(2)
 "#;
 
 /// Counts the bytes of each connection until EOF and answers `sink got <n> bytes`.

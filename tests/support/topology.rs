@@ -659,14 +659,14 @@ impl Drop for Lan<'_> {
 /// clones are gone.
 #[derive(Debug, Clone)]
 pub struct Host {
-    name: String,
-    lan_ip: Ipv4Addr,
-    ns: Arc<Netns>,
-    agent_bin: Option<PathBuf>,
-    socket: PathBuf,
-    state_dir: PathBuf,
-    dir: PathBuf,
-    login_server: String,
+    pub(crate) name: String,
+    pub(crate) lan_ip: Ipv4Addr,
+    pub(crate) ns: Arc<Netns>,
+    pub(crate) agent_bin: Option<PathBuf>,
+    pub(crate) socket: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) login_server: String,
 }
 
 impl Host {
@@ -694,7 +694,7 @@ impl Host {
         &self.state_dir
     }
 
-    fn agent_bin(&self) -> anyhow::Result<&Path> {
+    pub(crate) fn agent_bin(&self) -> anyhow::Result<&Path> {
         self.agent_bin
             .as_deref()
             .context("test did not declare Needs::agent")

@@ -73,11 +73,28 @@ fn row(node: &PeerStatus, now: DateTime<Utc>, is_self: bool) -> [String; COLUMNS
         .addresses
         .first()
         .map_or_else(|| "-".to_owned(), ToString::to_string);
-    let state = match (is_self, node.online) {
+    let mut state = match (is_self, node.online) {
         (true, _) => "self",
         (false, true) => "online",
         (false, false) => "offline",
-    };
+    }
+    .to_owned();
+    // Like `tailscale status`: which peer is the exit node in use, which could be, and the
+    // subnets a peer routes for us.
+    if node.exit_node {
+        state.push_str("; exit node");
+    } else if node.exit_node_option {
+        state.push_str("; offers exit node");
+    }
+    let subnets: Vec<String> = node
+        .primary_routes
+        .iter()
+        .filter(|r| r.prefix_len() != 0)
+        .map(ToString::to_string)
+        .collect();
+    if !subnets.is_empty() {
+        let _ = write!(state, "; routes {}", subnets.join(","));
+    }
     let handshake = node
         .last_handshake
         .map_or_else(|| "-".to_owned(), |t| ago(t, now));
@@ -91,7 +108,7 @@ fn row(node: &PeerStatus, now: DateTime<Utc>, is_self: bool) -> [String; COLUMNS
         ip,
         display_name(node),
         node.os.clone(),
-        state.to_owned(),
+        state,
         path,
         handshake,
         rx,
@@ -241,6 +258,24 @@ mod tests {
         // Columns line up: every row has PATH at the same offset.
         let col = lines[0].find("PATH").unwrap();
         assert_eq!(lines[2].find("direct").unwrap(), col, "{text}");
+    }
+
+    #[test]
+    fn table_marks_exit_nodes_and_subnet_routers() {
+        let now = Utc::now();
+        let mut s = running(now);
+        s.peers[0].exit_node = true;
+        s.peers[0].primary_routes = vec!["0.0.0.0/0".parse().unwrap()];
+        s.peers[1].exit_node_option = true;
+        s.peers[1].primary_routes = vec!["192.168.1.0/24".parse().unwrap()];
+        let text = status(&s, now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[2].contains("online; exit node"), "{text}");
+        assert!(!lines[2].contains("routes"), "{text}");
+        assert!(
+            lines[3].contains("offers exit node; routes 192.168.1.0/24"),
+            "{text}"
+        );
     }
 
     #[test]

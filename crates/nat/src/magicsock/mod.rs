@@ -78,6 +78,8 @@ pub const UPGRADE_UDP_DIRECT_INTERVAL: Duration = Duration::from_secs(60);
 pub const GOOD_ENOUGH_LATENCY: Duration = Duration::from_millis(5);
 /// Pong results kept per candidate.
 pub const PONG_HISTORY: usize = 64;
+/// Minimum spacing of the Ping we send back to an address that just pinged us over UDP.
+const PING_BACK_SPACING: Duration = Duration::from_millis(500);
 /// Prune expired candidates of a peer once it has more than this many.
 const MAX_CANDIDATES: usize = 100;
 
@@ -880,6 +882,27 @@ fn handle_ping(
         src: observed,
     });
     sh.send(&p.disco_key, dest, &msg);
+    // A Ping that arrived over UDP proves the path from that address is open right now (its
+    // NAT admitted our reply), while our own earlier Ping to it may have been dropped before
+    // the peer opened its side. Ping it back at once instead of waiting out the 5 s spacing, so
+    // both sides go direct together. Rate-limited so a chatty peer cannot make us flood.
+    if let Source::Udp(addr) = source
+        && !p.trusted(now)
+        && p.endpoints.get(&addr).is_some_and(|st| {
+            st.last_ping
+                .is_none_or(|t| now.saturating_duration_since(t) >= PING_BACK_SPACING)
+        })
+    {
+        start_ping(
+            key,
+            p,
+            sh,
+            PingTarget::Udp(addr),
+            now,
+            Purpose::Discovery,
+            None,
+        );
+    }
     Ok(())
 }
 

@@ -480,7 +480,17 @@ fn derp_ping_is_answered_via_derp_with_magic_source() {
         .handle_disco(Source::Udp(from), &pkt, now)
         .unwrap();
     assert_eq!(net.nodes[0].pm.peer_for_addr(from), Some(b_key));
-    assert!(net.nodes[0].pm.poll_transmit().is_some());
+    // The Pong, then a Ping back to the address that proved open (no path is trusted yet).
+    let sent: Vec<_> = std::iter::from_fn(|| net.nodes[0].pm.poll_transmit()).collect();
+    let kinds: Vec<_> = sent
+        .into_iter()
+        .map(|t| {
+            assert_eq!(t.dest, Dest::Udp(from));
+            let (_, msg) = disco::open(&net.nodes[1].disco, &t.payload).unwrap();
+            matches!(msg, Message::Ping(_))
+        })
+        .collect();
+    assert_eq!(kinds, [false, true], "expected a Pong then a Ping back");
     assert_eq!(
         net.nodes[0].pm.handle_disco(Source::Udp(from), &pkt, now),
         Err(Ignored::DuplicatePing)
