@@ -617,11 +617,12 @@ fn time_peer(
         .and_then(e2e::node_ipv4)
         .context("peer without a tailnet IPv4")?;
     let (mut first, mut direct) = (None, None);
-    while t0.elapsed() < DIRECT_BOUND && direct.is_none() {
-        if a.ping_once(IpAddr::V4(ip))? && first.is_none() {
+    // Until both are known: a path can turn direct (disco) before a ping has been answered.
+    while t0.elapsed() < DIRECT_BOUND && (direct.is_none() || first.is_none()) {
+        if first.is_none() && a.ping_once(IpAddr::V4(ip))? {
             first = Some(t0.elapsed().as_secs_f64());
         }
-        if path_name(&a.status()?, &peer_name) == "direct" {
+        if direct.is_none() && path_name(&a.status()?, &peer_name) == "direct" {
             direct = Some(t0.elapsed().as_secs_f64());
         }
         std::thread::sleep(Duration::from_millis(200));

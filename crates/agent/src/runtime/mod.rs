@@ -52,6 +52,8 @@ const MTU: u16 = 1280;
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Re-STUN period (Tailscale uses a random 20-26 s).
 const RESTUN: Duration = Duration::from_secs(23);
+/// At most this many peers' packets wait for a first path (see `Driver::parked`).
+const MAX_PARKED: usize = 1024;
 /// Spacing of `agent ping` probes.
 const PING_SPACING: Duration = Duration::from_millis(500);
 
@@ -124,6 +126,7 @@ impl EngineBackend {
             prefs,
             engine: Engine::new(keys.node_private.clone(), now),
             paths: PathManager::new(node_pub, disco, seed),
+            parked: std::collections::HashMap::new(),
             stun: StunClient::new(seed, families),
             derp: DerpManager::new(keys.node_private.clone(), derp_tx),
             keys,
@@ -294,6 +297,10 @@ struct Driver {
     udp: Arc<BatchSocket>,
     /// Outgoing datagrams of the current drain pass, sent together at its end.
     udp_out: SendBatch,
+    /// The last WireGuard packet for each peer that had no path at all when it was sent (a new
+    /// peer whose home region and endpoints control has not announced yet). It goes out as soon
+    /// as a netmap gives the peer a path, instead of waiting for WireGuard's 5 s handshake retry.
+    parked: std::collections::HashMap<NodePublic, Vec<u8>>,
     port: u16,
     tun: Option<Tun>,
     control: Option<(ClientHandle, mpsc::Receiver<ClientEvent>)>,
@@ -516,6 +523,29 @@ impl Driver {
         }
     }
 
+    /// Sends each parked packet whose peer now has a path (see [`Driver::parked`]); forgets
+    /// those of peers that left the map.
+    fn send_parked(&mut self, now: Instant) {
+        if self.parked.is_empty() {
+            return;
+        }
+        for (peer, packet) in std::mem::take(&mut self.parked) {
+            if !self.paths.has_peer(&peer) {
+                continue;
+            }
+            let path = self.paths.send_path(&peer, now);
+            if let Some(addr) = path.udp {
+                self.udp_out.push(&self.udp, addr, &packet);
+            }
+            if let Some(region) = path.derp {
+                self.derp.send(region, peer, packet, now);
+            } else if path.udp.is_none() {
+                self.parked.insert(peer, packet);
+            }
+        }
+        self.udp_out.flush(&self.udp);
+    }
+
     /// Sends everything the state machines queued. UDP datagrams are collected into
     /// `udp_out` and leave in as few syscalls as possible (GSO runs) at the end of the pass.
     async fn drain(&mut self, now: Instant) {
@@ -527,6 +557,14 @@ impl Driver {
             if let Some(region) = path.derp {
                 self.derp
                     .send(region, t.peer, t.payload.as_slice().to_vec(), now);
+            }
+            if path.udp.is_none() && path.derp.is_none() {
+                if self.parked.len() < MAX_PARKED {
+                    self.parked.insert(t.peer, t.payload.as_slice().to_vec());
+                }
+            } else if !self.parked.is_empty() {
+                // A newer packet got through: the parked one is stale.
+                self.parked.remove(&t.peer);
             }
             self.engine.recycle(t.payload);
         }
@@ -909,6 +947,7 @@ impl Driver {
                 .collect(),
             now,
         );
+        self.send_parked(now);
         let derp_map_changed = self.netmap.as_ref().map(|old| &old.derp_map) != Some(&nm.derp_map);
         if let Some(map) = &nm.derp_map {
             self.derp.set_map(map.clone());

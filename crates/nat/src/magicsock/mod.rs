@@ -351,14 +351,24 @@ impl PathManager {
             for st in peer.endpoints.values_mut() {
                 st.in_netmap = false;
             }
+            let mut new_endpoint = false;
             for ep in info.endpoints {
                 let ep = canonical_addr(ep);
                 if ep.port() == 0 || ep.ip().is_unspecified() {
                     continue;
                 }
+                new_endpoint |= !peer.endpoints.contains_key(&ep);
                 peer.endpoints.entry(ep).or_default().in_netmap = true;
             }
             prune_endpoints(key, &mut peer, &mut self.sh, now);
+            // A peer we are talking to (typically one that just joined and has now reported its
+            // STUN endpoints) gets pinged at once rather than at the next heartbeat, 3 s away.
+            let active = peer
+                .last_send
+                .is_some_and(|t| now.saturating_duration_since(t) < SESSION_ACTIVE_TIMEOUT);
+            if new_endpoint && active && !peer.trusted(now) {
+                send_disco_pings(key, &mut peer, &mut self.sh, now, true);
+            }
             self.peers.insert(key, peer);
         }
         self.sh.by_addr.retain(|_, k| self.peers.contains_key(k));
@@ -445,6 +455,11 @@ impl PathManager {
         }
         note_tx_activity(p, now);
         SendPath { udp, derp }
+    }
+
+    /// Whether `key` is one of the peers from the last [`PathManager::set_peers`].
+    pub fn has_peer(&self, key: &NodePublic) -> bool {
+        self.peers.contains_key(key)
     }
 
     /// The node key that owns UDP address `addr` (bound when it pinged us or ponged our Ping),

@@ -923,3 +923,32 @@ fn dead_best_path_is_replaced_by_an_equally_good_new_one() {
         net.path(1)
     );
 }
+
+#[test]
+fn endpoints_of_an_active_peer_are_pinged_as_soon_as_the_netmap_brings_them() {
+    // A peer that just joined: B is in A's netmap without endpoints while A already sends to
+    // it (over DERP). When control announces B's endpoint, A pings it at once instead of at
+    // the next heartbeat.
+    let mut net = Net::new();
+    net.traffic = false;
+    net.set_netmap(0, vec![]);
+    let _ = net.send_path(0);
+    net.flush();
+    net.queue.clear();
+    net.now += Duration::from_millis(500);
+    let b_addr = net.nodes[1].addr;
+    net.set_netmap(0, vec![b_addr]);
+    let sent: Vec<_> = std::iter::from_fn(|| net.nodes[0].pm.poll_transmit()).collect();
+    assert!(
+        sent.iter().any(|t| t.dest == Dest::Udp(b_addr)),
+        "no immediate Ping to the new endpoint: {:?}",
+        sent.iter().map(|t| t.dest).collect::<Vec<_>>()
+    );
+
+    // An idle peer's new endpoints wait until traffic needs them.
+    let mut idle = Net::new();
+    idle.traffic = false;
+    idle.set_netmap(0, vec![]);
+    idle.set_netmap(0, vec![b_addr]);
+    assert!(idle.nodes[0].pm.poll_transmit().is_none());
+}
