@@ -67,6 +67,9 @@ pub struct Needs {
     pub agent: bool,
 }
 
+/// The machine's resolver configuration, which no test may change.
+const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// Writes one line to the real stderr, bypassing libtest's output capture so progress, timings
 /// and skip notices show up in a normal `cargo test` run.
 pub fn report(line: impl std::fmt::Display) {
@@ -86,8 +89,25 @@ pub fn run_test(
         Ok(tools) => tools,
         Err(reason) => return skip(name, &reason),
     };
+    // The machine's own resolver configuration must come out of every test untouched (agents
+    // manage DNS only inside namespaces, through /etc/netns/<ns>/resolv.conf). If it did not,
+    // put it back and fail the test loudly rather than leave the machine without DNS.
+    let host_resolv = std::fs::read(HOST_RESOLV_CONF).ok();
     let mut env = TestEnv::new(name, tools)?;
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut env)));
+    let mut outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut env)));
+    if let Some(before) = &host_resolv
+        && std::fs::read(HOST_RESOLV_CONF).ok().as_ref() != Some(before)
+    {
+        let restored = std::fs::write(HOST_RESOLV_CONF, before).is_ok();
+        let msg = format!(
+            "{name}: the machine's {HOST_RESOLV_CONF} changed during the test (restored: \
+             {restored}); something managed DNS outside a test namespace"
+        );
+        report(&msg);
+        if matches!(outcome, Ok(Ok(()))) {
+            outcome = Ok(Err(anyhow::anyhow!(msg)));
+        }
+    }
     let failed = !matches!(outcome, Ok(Ok(())));
     if failed {
         if let Ok(Err(e)) = &outcome {
