@@ -9,6 +9,7 @@
 #
 #   bash benches/time_to_direct.sh            # 5 runs per cell
 #   BENCH_RUNS=9 bash benches/time_to_direct.sh
+#   BENCH_ONLY=hard-official bash benches/time_to_direct.sh   # one cell (easy|hard - ours|official)
 #
 # The agent and control binaries are built first (debug, like the e2e tests); set AGENT_BIN /
 # CONTROL_BIN to measure other builds.

@@ -659,6 +659,12 @@ fn bench_time_to_direct() -> anyhow::Result<()> {
         for kind in [NatKind::Easy, NatKind::Hard] {
             let mut ours_direct = None;
             for client in [Client::Ours, Client::Official] {
+                // BENCH_ONLY=hard-official (etc.) measures one cell, e.g. to chase an outlier.
+                if let Ok(only) = std::env::var("BENCH_ONLY")
+                    && only != format!("{kind}-{client:?}").to_lowercase()
+                {
+                    continue;
+                }
                 let (mut firsts, mut directs) = (Vec::new(), Vec::new());
                 for _ in 0..runs {
                     n += 1;

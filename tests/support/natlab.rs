@@ -209,7 +209,10 @@ impl<'a> Lab<'a> {
             .clear_env()
             .env("PATH", PATH)
             .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_DERPER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .arg("derp")
             .args(["--listen", &format!("{DERPER_IP}:{LAB_DERP_PORT}")])
             .args(["--hostname", &DERPER_IP.to_string()])
