@@ -248,7 +248,9 @@ impl UpRequest {
             .is_some_and(|s| !s.trim().is_empty());
         if exit_node && self.advertise_exit_node == Some(true) {
             return Err(
-                "cannot advertise an exit node and use an exit node at the same time".to_owned(),
+                "cannot advertise an exit node and use an exit node at the same time; clear one \
+                 (--advertise-exit-node=false or --exit-node=)"
+                    .to_owned(),
             );
         }
         Ok(())

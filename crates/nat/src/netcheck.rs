@@ -240,11 +240,11 @@ fn region_avoided(map: Option<&DerpMap>, id: u16) -> bool {
 }
 
 fn region_score(map: Option<&DerpMap>, id: u16) -> f64 {
-    map.and_then(|m| m.home_params.as_ref())
-        .and_then(|h| h.region_score.get(&i32::from(id)))
-        .copied()
-        .filter(|s| *s > 0.0)
-        .unwrap_or(1.0)
+    crate::stun_client::region_score(
+        map.and_then(|m| m.home_params.as_ref())
+            .and_then(|h| h.region_score.get(&i32::from(id)))
+            .copied(),
+    )
 }
 
 /// Durations as fractional milliseconds in JSON (`null` when absent).

@@ -52,6 +52,17 @@ pub const DEFAULT_STUN_PORT: u16 = 3478;
 /// again (twice, as on Go's full reports).
 const ENOUGH_REGIONS: usize = 3;
 
+/// A region's `HomeParams.RegionScore` as a latency multiplier: missing, zero, negative or
+/// non-finite scores count as 1, and the rest are clamped to [1/1000, 1000] so that scaling a
+/// latency can never overflow (`Duration::mul_f64` panics on overflow; the map comes from the
+/// network).
+pub fn region_score(raw: Option<f64>) -> f64 {
+    match raw {
+        Some(s) if s.is_finite() && s > 0.0 => s.clamp(1e-3, 1e3),
+        _ => 1.0,
+    }
+}
+
 /// One STUN server of a region.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StunServer {
@@ -112,11 +123,7 @@ pub fn regions_from_derp_map(map: &DerpMap) -> Vec<StunRegion> {
         if servers.is_empty() {
             continue;
         }
-        let score = scores
-            .and_then(|s| s.get(id))
-            .copied()
-            .filter(|s| *s > 0.0)
-            .unwrap_or(1.0);
+        let score = region_score(scores.and_then(|s| s.get(id)).copied());
         out.push(StunRegion {
             region_id,
             servers,
@@ -667,6 +674,19 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn hostile_region_scores_cannot_overflow() {
+        assert_eq!(region_score(None), 1.0);
+        assert_eq!(region_score(Some(0.0)), 1.0);
+        assert_eq!(region_score(Some(-2.0)), 1.0);
+        assert_eq!(region_score(Some(f64::NAN)), 1.0);
+        assert_eq!(region_score(Some(f64::INFINITY)), 1.0);
+        assert_eq!(region_score(Some(1e300)), 1e3);
+        assert_eq!(region_score(Some(0.5)), 0.5);
+        // The worst case still scales a latency without panicking.
+        let _ = Duration::from_secs(3).mul_f64(region_score(Some(1e300)));
     }
 
     #[test]

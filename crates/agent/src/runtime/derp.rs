@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 
 /// Close a non-home region after this long without writes.
 const IDLE_CLOSE: Duration = Duration::from_secs(60);
-/// Outgoing queue per region; the oldest packets are dropped first when it is full.
+/// Outgoing queue per region; when it is full, new packets are dropped (WireGuard and disco
+/// retry on their own).
 const QUEUE: usize = 32;
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -201,20 +202,6 @@ impl DerpManager {
         if let Some(h) = self.home {
             self.ensure(h);
         }
-    }
-
-    /// Regions with an open (or opening) connection.
-    pub fn connected_regions(&self) -> Vec<u16> {
-        self.conns
-            .iter()
-            .filter(|(_, c)| !c.task.is_finished())
-            .map(|(r, _)| *r)
-            .collect()
-    }
-
-    /// The current DERP map.
-    pub fn map(&self) -> &DerpMap {
-        &self.map
     }
 
     /// Closes everything.

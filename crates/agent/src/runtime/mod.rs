@@ -52,6 +52,8 @@ const MTU: u16 = 1280;
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Re-STUN period (Tailscale uses a random 20-26 s).
 const RESTUN: Duration = Duration::from_secs(23);
+/// Consecutive TUN read errors after which the reader gives up on the device.
+const TUN_READ_MAX_FAILURES: u32 = 10;
 /// At most this many peers' packets wait for a first path (see `Driver::parked`).
 const MAX_PARKED: usize = 1024;
 /// Spacing of `agent ping` probes.
@@ -506,8 +508,9 @@ impl Driver {
                 let _ = self.paths.handle_disco(Source::Udp(from), data, now);
             }
             PacketKind::WireGuard => {
-                let hint = self.paths.peer_for_addr(from);
-                self.network_packet(hint, data, now);
+                // The engine finds the peer from the receiver index (or the handshake's static
+                // key) itself, so no per-packet address lookup here.
+                self.network_packet(None, data, now);
             }
             _ => {}
         }
@@ -718,6 +721,10 @@ impl Driver {
     fn save_prefs(&mut self, change: impl FnOnce(&mut Prefs)) -> Result<(), BackendError> {
         let mut prefs = self.prefs.clone();
         change(&mut prefs);
+        if prefs == self.prefs {
+            // Nothing to persist: skip the fsync'd write on the driver task.
+            return Ok(());
+        }
         self.state.save_prefs(&prefs)?;
         self.prefs = prefs;
         Ok(())
@@ -790,7 +797,11 @@ impl Driver {
                 return;
             }
         }
-        self.pending_up = Some((tx, now));
+        if let Some((earlier, _)) = self.pending_up.replace((tx, now)) {
+            let _ = earlier.send(Err(BackendError::InvalidRequest(
+                "superseded by a newer `agent up` before the login finished".into(),
+            )));
+        }
     }
 
     /// What this node tells control about itself (besides NetInfo, which STUN fills in).
@@ -1035,6 +1046,12 @@ impl Driver {
         addresses: &[IpNet],
         tun_tx: &mpsc::Sender<TunPacket>,
     ) -> Result<(), dataplane::tun::TunError> {
+        // A reader that gave up (the device failed underneath us) means the device is gone for
+        // good: drop it so it is created afresh below.
+        if self.tun.as_ref().is_some_and(|t| t.reader.is_finished()) {
+            tracing::warn!("TUN reader stopped; recreating the device");
+            self.tun = None;
+        }
         if self.tun.is_none() {
             let device = Arc::new(dataplane::tun::TunDevice::create(
                 &dataplane::tun::TunConfig {
@@ -1046,18 +1063,26 @@ impl Driver {
             let tx = tun_tx.clone();
             let (spare, mut spares) = mpsc::channel::<Vec<u8>>(TUN_BUFFERS);
             let reader = tokio::spawn(async move {
+                // Transient read errors are retried with a short backoff; a device that keeps
+                // failing ends the reader, and the next netmap recreates it (`setup_tun`).
+                let mut failures = 0u32;
                 loop {
                     // Recycled buffers keep their full length, so nothing is zeroed per read.
                     let mut buf = spares.try_recv().unwrap_or_else(|_| vec![0u8; TUN_READ]);
                     match reader_dev.recv(&mut buf).await {
                         Ok(len) => {
+                            failures = 0;
                             if tx.send(TunPacket { buf, len }).await.is_err() {
                                 return;
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "TUN read failed");
-                            return;
+                            failures += 1;
+                            tracing::warn!(error = %e, failures, "TUN read failed");
+                            if failures >= TUN_READ_MAX_FAILURES {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50 << failures.min(4))).await;
                         }
                     }
                 }

@@ -379,6 +379,8 @@ pub(super) struct NetState {
     pub snapshot: Snapshot,
     /// A major change happened: rebind the UDP socket at the top of the next loop turn.
     rebind_due: bool,
+    /// After a failed rebind, the next attempt waits until then (no retry storm per loop turn).
+    rebind_not_before: Option<Instant>,
     /// Re-STUN at the top of the next loop turn (after any rebind, so the probes leave from the
     /// socket peers will use).
     restun_due: bool,
@@ -396,6 +398,7 @@ impl NetState {
             tun: tun.to_string(),
             snapshot: Snapshot::take(tun),
             rebind_due: false,
+            rebind_not_before: None,
             restun_due: false,
             last_path_lost_kick: None,
             task: None,
@@ -506,7 +509,8 @@ impl Driver {
     /// rebinds after a major change (same port if possible) and starts a re-STUN if one is due.
     pub(super) fn rebind_if_due(&mut self) {
         let now = Instant::now();
-        if std::mem::take(&mut self.net.rebind_due) {
+        if self.net.rebind_due && self.net.rebind_not_before.is_none_or(|t| now >= t) {
+            self.net.rebind_due = false;
             self.rebind_udp();
         }
         if std::mem::take(&mut self.net.restun_due) {
@@ -559,7 +563,13 @@ impl Driver {
                 self.udp = Arc::new(sock);
                 self.stun.set_families(self.net.stun_families(&self.udp));
             }
-            Err(e) => tracing::error!(error = %e, "cannot bind the UDP socket again"),
+            Err(e) => {
+                // Left on the loopback placeholder: try again on the next loop turn rather than
+                // stay cut off.
+                tracing::error!(error = %e, "cannot bind the UDP socket again; retrying in 1 s");
+                self.net.rebind_due = true;
+                self.net.rebind_not_before = Some(Instant::now() + Duration::from_secs(1));
+            }
         }
     }
 

@@ -69,17 +69,8 @@ fn bind_socket(domain: Domain, port: u16, opts: &SocketOptions) -> io::Result<st
     Ok(sock.into())
 }
 
-/// The plain form of an address: v4-mapped IPv6 (`[::ffff:192.0.2.1]:41641`) becomes IPv4
-/// (`192.0.2.1:41641`); everything else is returned as is.
-pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
-}
+/// The plain form of an address (v4-mapped IPv6 becomes IPv4): the one magicsock uses.
+pub(super) use nat::magicsock::canonical_addr as canonical;
 
 /// The destination to hand the kernel: IPv4 becomes v4-mapped on a dual-stack socket; IPv6
 /// cannot be reached from an IPv4-only socket (`None`).

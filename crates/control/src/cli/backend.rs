@@ -398,12 +398,17 @@ impl Backend {
 
     /// Checks a policy without installing it.
     pub async fn check_policy(&mut self, text: &str) -> anyhow::Result<()> {
+        if text.trim().is_empty() {
+            anyhow::bail!("the policy is empty: send a HuJSON or JSON object");
+        }
+        // Both ways run the same validation as `POST /acl/validate` (a policy, or an array of
+        // tests run against the current policy), so local and remote answers agree.
         match self {
-            Backend::Local { tailnet, .. } => local(api::acl::check(tailnet, text)),
+            Backend::Local { tailnet, .. } => match api::acl::validate(tailnet, text) {
+                Some(e) => local(Err(e)),
+                None => Ok(()),
+            },
             Backend::Remote(r) => {
-                if text.trim().is_empty() {
-                    anyhow::bail!("the policy is empty: send a HuJSON or JSON object");
-                }
                 let reply = r
                     .send(
                         Method::POST,

@@ -82,6 +82,26 @@ impl Target {
         };
         let settings = args.resolve()?;
         let db = settings.db;
+        // A mistyped --db must not quietly become a new, empty tailnet: refuse a path whose
+        // directory does not exist, and say so when a new database file is created (creating
+        // one is legitimate, e.g. to mint the first API key before `control serve` runs).
+        if !db.exists() {
+            let parent = db
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            anyhow::ensure!(
+                parent.is_dir(),
+                "no database at {} (directory {} does not exist); pass the server's database \
+                 with --db PATH or CONTROL_DB, or use --server",
+                db.display(),
+                parent.display()
+            );
+            eprintln!(
+                "note: {} did not exist; created a new, empty database there",
+                db.display()
+            );
+        }
         let store = SqliteStore::open(&db).with_context(|| {
             format!(
                 "cannot open the database {} (pass --db PATH or set CONTROL_DB, or use --server)",

@@ -210,7 +210,7 @@ pub fn set_socket_hook(hook: SocketHook) -> bool {
 }
 
 /// Connects to the first address that answers, running the socket hook on each socket.
-async fn connect_tcp(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+pub(crate) async fn connect_tcp(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name has no addresses");
     for addr in addrs {
         let sock = match addr {

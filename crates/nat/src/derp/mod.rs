@@ -10,6 +10,6 @@ pub mod server;
 #[cfg(feature = "derp-client")]
 pub mod dial;
 #[cfg(any(feature = "derp-server", feature = "derp-client"))]
-mod http;
+pub(crate) mod http;
 #[cfg(feature = "derp-server")]
 pub mod listener;

@@ -689,6 +689,11 @@ fn prune_endpoints(key: NodePublic, p: &mut Peer, sh: &mut Shared, now: Instant)
         .collect();
     for addr in dead {
         p.endpoints.remove(&addr);
+        // The address-to-peer index only covers live candidates (it would grow with every
+        // roam and NAT rebinding otherwise).
+        if sh.by_addr.get(&addr) == Some(&key) {
+            sh.by_addr.remove(&addr);
+        }
         if p.best.is_some_and(|b| b.addr == addr) {
             clear_best(key, p, sh);
         }

@@ -15,8 +15,7 @@ use std::time::Duration;
 use proto::tailcfg::{DerpMap, DerpNode};
 use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::HttpsLatency;
@@ -24,8 +23,6 @@ use crate::derp::dial::{TlsVerify, client_tls_config};
 
 /// Budget for the whole HTTPS phase (all regions in parallel).
 pub const HTTPS_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest response head accepted from `/derp/latency-check`.
-const MAX_HEAD: usize = 16 << 10;
 
 /// Why one HTTPS latency probe failed.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +144,11 @@ async fn measure_inner(
     };
     let server_name = ServerName::try_from(host.clone())
         .map_err(|_| HttpsProbeError::NoAddress { node: name.clone() })?;
-    let tcp = TcpStream::connect(addr).await.map_err(io_err)?;
+    // Through the DERP dialer's socket hook: the agent marks it so the probe never enters its
+    // own tunnel (exit node), like every other relay connection.
+    let tcp = crate::derp::dial::connect_tcp(&[addr])
+        .await
+        .map_err(io_err)?;
     tcp.set_nodelay(true).map_err(io_err)?;
     let connector = tokio_rustls::TlsConnector::from(client_tls_config(&verify).map_err(io_err)?);
     let mut tls = connector.connect(server_name, tcp).await.map_err(io_err)?;
@@ -162,7 +163,9 @@ async fn measure_inner(
     let start = Instant::now();
     tls.write_all(request.as_bytes()).await.map_err(io_err)?;
     tls.flush().await.map_err(io_err)?;
-    let head = read_head(&mut tls).await.map_err(io_err)?;
+    let (head, _) = crate::derp::http::read_head(&mut tls)
+        .await
+        .map_err(io_err)?;
     let latency = start.elapsed();
 
     let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -203,32 +206,6 @@ async fn node_addr(node: &DerpNode, port: u16) -> Option<SocketAddr> {
         .await
         .ok()?
         .find(|a| if a.is_ipv4() { v4_ok } else { v6_ok })
-}
-
-/// Reads up to the blank line ending an HTTP response head.
-async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 2048];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            buf.truncate(end + 4);
-            return Ok(buf);
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "HTTP response head larger than 16 KiB",
-            ));
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before the response head ended",
-            ));
-        }
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    }
 }
 
 /// Whether the OS can use IPv6: binding a UDP socket to `[::1]:0` works (Go `OSHasIPv6`).
