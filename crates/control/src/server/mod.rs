@@ -124,12 +124,10 @@ pub async fn start(
     let derp_map = derp::derp_map(&settings, relay.as_ref())?;
     let inputs = MapInputs::new(derp_map, &settings.dns, &settings.tailnet.base_domain);
 
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
+    let listener = bind_listener(settings.listen).map_err(|source| ServerError::Listen {
+        addr: settings.listen,
+        source,
+    })?;
     let http_addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
@@ -164,6 +162,32 @@ pub async fn start(
         tasks,
         shutdown,
     })
+}
+
+/// Binds the HTTP listener with kernel-level dead-peer detection that every accepted
+/// connection inherits (Linux copies these options from the listening socket): TCP keepalive
+/// probes after 20 s of silence (3 probes, 5 s apart) and a 35 s user timeout for unacknowledged
+/// data. A node whose link vanished without a FIN or RST (cable pulled, power lost) then has its
+/// connection, and so its map session, closed within about 35 s even if nothing is sent; the
+/// HTTP/2 PINGs in `noise.rs` are the application-level half of the same check.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]` serves IPv4 too, as `TcpListener::bind` would on Linux.
+        let _ = socket.set_only_v6(false);
+    }
+    let keepalive = TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(20))
+        .with_interval(std::time::Duration::from_secs(5))
+        .with_retries(3);
+    socket.set_tcp_keepalive(&keepalive)?;
+    socket.set_tcp_user_timeout(Some(std::time::Duration::from_secs(35)))?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 fn router(shared: Arc<Shared>) -> Router {
